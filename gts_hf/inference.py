@@ -1,0 +1,110 @@
+"""Turning examples into model inputs, and batched prediction (shared by the trainer, the pipeline and the CLI)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .configuration import GTSConfig
+from .data import Example
+
+
+def encode_examples(tokenizer: Any, config: GTSConfig, texts: Sequence[str],
+                    text_pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Tokenise a batch the way the model reads it: query prefix, truncation to ``max_seq_length``, dynamic padding;
+    pair tasks also get each sentence on its own (``first_*`` / ``second_*``) for the pair-similarity term."""
+    prefix, max_length = config.query_prefix, config.max_seq_length
+
+    def tokenize(first: Sequence[str], second: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        return tokenizer([prefix + text for text in first], list(second) if second is not None else None,
+                         padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+
+    if text_pairs is None:
+        encoded = tokenize(texts)
+        return {key: encoded[key] for key in ("input_ids", "attention_mask")}
+    joint = tokenize(texts, text_pairs)
+    first, second = tokenize(texts), tokenize(text_pairs)
+    return {
+        "input_ids": joint["input_ids"], "attention_mask": joint["attention_mask"],
+        "first_input_ids": first["input_ids"], "first_attention_mask": first["attention_mask"],
+        "second_input_ids": second["input_ids"], "second_attention_mask": second["attention_mask"],
+    }
+
+
+@dataclass
+class Predictions:
+    """Probabilities (kNN included when the model has a datastore), raw model probabilities and embeddings."""
+
+    probabilities: np.ndarray
+    model_probabilities: np.ndarray
+    embeddings: np.ndarray
+    pair_similarity: np.ndarray | None
+    seconds: float
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+@torch.no_grad()
+def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size: int = 64, use_knn: bool = True,
+            show_progress: bool = False) -> Predictions:
+    """Batched, gradient-free prediction; inputs are sorted by length so batches pad little."""
+    start = time.perf_counter()
+    model.eval()
+    is_pair = model.config.is_pair_task
+    order = np.argsort([-len(example.text) - len(example.text_pair or "") for example in examples], kind="stable")
+    logits, embeddings, similarity = [], [], []
+    batches = range(0, len(examples), batch_size)
+    for begin in tqdm(batches, desc="Predicting", disable=not show_progress, unit="batch"):
+        batch = [examples[i] for i in order[begin:begin + batch_size]]
+        _check_pairs(batch, is_pair)
+        inputs = encode_examples(tokenizer, model.config, [e.text for e in batch],
+                                 [e.text_pair for e in batch] if is_pair else None)
+        with _autocast(model.device):
+            output = model(**{key: value.to(model.device) for key, value in inputs.items()})
+        logits.append(output.logits.float().cpu())
+        embeddings.append(output.embeddings.float().cpu())
+        if output.pair_similarity is not None:
+            similarity.append(output.pair_similarity.float().cpu())
+    unsort = np.argsort(order)
+    model_probs = torch.cat(logits).softmax(-1).numpy()[unsort] if examples else np.zeros((0, len(model.config.labels)))
+    vectors = torch.cat(embeddings).numpy()[unsort] if examples else np.zeros((0, model.config.hidden_size))
+    probs = model.knn.interpolate(model_probs, vectors) if use_knn and model.knn is not None else model_probs
+    pair = torch.cat(similarity).numpy()[unsort] if similarity else None
+    return Predictions(probs, model_probs, vectors, pair, time.perf_counter() - start)
+
+
+def _check_pairs(batch: Sequence[Example], is_pair: bool) -> None:
+    for example in batch:
+        if is_pair and example.text_pair is None:
+            raise ValueError(f"this model classifies sentence pairs: give {{'text': ..., 'text_pair': ...}}, "
+                             f"got a single text {example.text[:40]!r}")
+        if not is_pair and example.text_pair is not None:
+            raise ValueError("this model classifies single texts, but a text_pair was given")
+
+
+def _autocast(device: torch.device) -> Any:
+    """bf16 autocast on CUDA; full precision on CPU (where bf16 is rarely faster for small encoders)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def classification_metrics(label_ids: np.ndarray, predicted: np.ndarray, num_labels: int) -> dict[str, float]:
+    """Accuracy and macro-F1 (over the classes present in the gold labels or the predictions)."""
+    label_ids, predicted = np.asarray(label_ids), np.asarray(predicted)
+    f1_scores = []
+    for label in range(num_labels):
+        true_pos = np.sum((predicted == label) & (label_ids == label))
+        support, predicted_count = np.sum(label_ids == label), np.sum(predicted == label)
+        if support == 0 and predicted_count == 0:
+            continue
+        f1_scores.append(2 * true_pos / (support + predicted_count))
+    return {"accuracy": float(np.mean(label_ids == predicted)) if len(label_ids) else 0.0,
+            "macro_f1": float(np.mean(f1_scores)) if f1_scores else 0.0}

@@ -1,0 +1,186 @@
+"""The GTS student: any encoder backbone plus an option scorer over label options (UniMC's idea for bi-encoders).
+
+Each label is an *option with meaning*: its text (name or description) is encoded by the same backbone and the
+model scores ``logit_scale * cos(text, option)``. Before training this is a zero-shot classifier; training moves the
+encoder and the option vectors together. Pair tasks (similarity, NLI) encode the pair jointly (a cross-encoder) and
+add a learned term on the cosine of the two sentences encoded apart, which carries most of the signal with few labels.
+A :class:`~gts_hf.retrieval.KNNDatastore`, when present, is saved and loaded with the model.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration import GTSConfig
+from .retrieval import KNN_DIRNAME, KNNDatastore
+
+MODELS_WITH_POOLER = ("bert", "roberta", "xlm-roberta")
+
+
+@dataclass
+class GTSOutput(ModelOutput):
+    """Output of :class:`GTSForFewShotClassification`.
+
+    Args:
+        loss: cross-entropy over the label options, when labels are given.
+        logits: option scores, ``(batch, num_labels)``.
+        embeddings: L2-normalised pooled embeddings of the (joint) input, ``(batch, hidden)``; the kNN key.
+        pair_similarity: for pair tasks, cosine of the two sentences encoded apart, ``(batch,)``.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    embeddings: torch.FloatTensor | None = None
+    pair_similarity: torch.FloatTensor | None = None
+
+
+def pool(hidden_states: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        return hidden_states[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden_states.dtype)
+    return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
+
+
+class GTSPreTrainedModel(PreTrainedModel):
+    config_class = GTSConfig
+    config: GTSConfig
+    base_model_prefix = "gts"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, GTSForFewShotClassification):
+            init.normal_(module.option_embeddings, std=self.config.encoder_config.initializer_range)
+            init.constant_(module.log_logit_scale, math.log(self.config.logit_scale))
+            init.zeros_(module.pair_weight)
+            init.zeros_(module.pair_bias)
+
+
+class GTSForFewShotClassification(GTSPreTrainedModel):
+    """Encoder + option scorer (+ pair-similarity term), with an optional kNN datastore attached as ``self.knn``."""
+
+    def __init__(self, config: GTSConfig):
+        super().__init__(config)
+        self.encoder = build_encoder(config.encoder_config)
+        num_labels, hidden = len(config.labels), config.hidden_size
+        self.option_embeddings = nn.Parameter(torch.empty(num_labels, hidden))
+        self.log_logit_scale = nn.Parameter(torch.empty(()))
+        self.pair_weight = nn.Parameter(torch.empty(num_labels))
+        self.pair_bias = nn.Parameter(torch.empty(num_labels))
+        self.knn: KNNDatastore | None = None
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(cls, backbone: str | os.PathLike, config: GTSConfig, **load_kwargs: Any) -> "GTSForFewShotClassification":
+        """A fresh GTS model whose encoder carries the pretrained weights found at ``backbone`` (a local folder)."""
+        encoder_config = AutoConfig.from_pretrained(backbone)
+        encoder = AutoModel.from_pretrained(backbone, **_without_pooler(encoder_config), **load_kwargs)
+        config.encoder_config = encoder.config
+        model = cls(config)
+        model.encoder = encoder
+        return model
+
+    # ----------------------------------------------------------------------------------------------------- forward
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **encoder_kwargs: Any) -> torch.Tensor:
+        """Pooled, L2-normalised embeddings."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs).last_hidden_state
+        return F.normalize(pool(hidden, attention_mask, self.config.pooling), dim=-1)
+
+    def score(self, embeddings: torch.Tensor, pair_similarity: torch.Tensor | None = None) -> torch.Tensor:
+        """Option logits from normalised embeddings (and, for pairs, the sentences' cosine)."""
+        options = F.normalize(self.option_embeddings, dim=-1)
+        logits = self.log_logit_scale.exp() * embeddings @ options.T
+        if pair_similarity is not None:
+            logits = logits + pair_similarity.unsqueeze(-1) * self.pair_weight + self.pair_bias
+        return logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        first_input_ids: torch.Tensor | None = None,
+        first_attention_mask: torch.Tensor | None = None,
+        second_input_ids: torch.Tensor | None = None,
+        second_attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> GTSOutput:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        embeddings = self.embed(input_ids, attention_mask, **extra)
+        pair_similarity = None
+        if first_input_ids is not None and second_input_ids is not None:
+            first = self.embed(first_input_ids, first_attention_mask)
+            second = self.embed(second_input_ids, second_attention_mask)
+            pair_similarity = (first * second).sum(-1)
+        logits = self.score(embeddings, pair_similarity)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return GTSOutput(loss=loss, logits=logits, embeddings=embeddings, pair_similarity=pair_similarity)
+
+    # --------------------------------------------------------------------------------------------------- options
+    @torch.no_grad()
+    def encode_texts(self, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        """Normalised embeddings of ``texts`` (the query prefix is added here)."""
+        was_training = self.training
+        self.eval()
+        chunks = []
+        for start in range(0, len(texts), batch_size):
+            batch = [self.config.query_prefix + text for text in texts[start:start + batch_size]]
+            encoded = tokenizer(batch, padding=True, truncation=True, max_length=self.config.max_seq_length,
+                                return_tensors="pt").to(self.device)
+            chunks.append(self.embed(encoded["input_ids"], encoded["attention_mask"]))
+        self.train(was_training)
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def set_label_options(self, tokenizer: Any, options: Sequence[str] | None = None) -> None:
+        """Point each label's option vector at the embedding of its text (a zero-shot classifier)."""
+        options = list(options or self.config.label_options)
+        if len(options) != len(self.config.labels):
+            raise ValueError(f"{len(options)} options for {len(self.config.labels)} labels")
+        self.config.label_options = options
+        self.option_embeddings.copy_(self.encode_texts(tokenizer, options))
+
+    @torch.no_grad()
+    def score_options(self, tokenizer: Any, texts: Sequence[str], options: Sequence[str]) -> torch.Tensor:
+        """Zero-shot probabilities of arbitrary option texts for single texts, ``(len(texts), len(options))``."""
+        scale = self.log_logit_scale.exp()
+        logits = scale * self.encode_texts(tokenizer, texts) @ self.encode_texts(tokenizer, options).T
+        return logits.softmax(-1)
+
+    # ------------------------------------------------------------------------------------------------- save/load
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if self.knn is not None:
+            self.knn.save(Path(save_directory) / KNN_DIRNAME)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
+        model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        hub_options = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only")
+                       if kwargs.get(key) is not None}
+        model.knn = KNNDatastore.load_if_present(pretrained_model_name_or_path, num_labels=len(model.config.labels),
+                                                 hidden_size=model.config.hidden_size, **hub_options)
+        return model
+
+
+def _without_pooler(encoder_config: Any) -> dict[str, Any]:
+    """GTS pools the hidden states itself: a BERT-style pooler would only waste time and parameters."""
+    return {"add_pooling_layer": False} if encoder_config.model_type in MODELS_WITH_POOLER else {}
+
+
+def build_encoder(encoder_config: Any) -> nn.Module:
+    return AutoModel.from_config(encoder_config, **_without_pooler(encoder_config))

@@ -1,0 +1,327 @@
+"""`GTSTrainer`: a `transformers.Trainer` running GTS's standard recipe, and the fast head-only fit.
+
+The loss is cross-entropy over the label options, plus (each switchable in :class:`GTSTrainingArguments`) R-Drop,
+mixup of embeddings, token masking, and a supervised contrastive loss, optionally kNN-expanded with a memory bank of
+the whole training set. The best dev epoch (the untrained start included) is kept in memory and restored at the end.
+Training runs through Accelerate (the Trainer's), so several GPUs or machines need no code change.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import EvalPrediction
+
+from .data import Example
+from .inference import classification_metrics, encode_examples
+from .losses import mixup, rdrop_loss, soft_cross_entropy, supervised_contrastive_loss
+from .training_args import GTSTrainingArguments
+
+logger = logging.getLogger(__name__)
+
+
+class ExampleDataset(Dataset):
+    """Labelled examples as a torch dataset of raw texts (tokenised by :class:`GTSDataCollator`)."""
+
+    def __init__(self, examples: Sequence[Example], label2id: dict[str, int]):
+        self.examples = list(examples)
+        self.label_ids = [label2id[example.label] for example in self.examples]
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self.examples[index]
+        return {"text": example.text, "text_pair": example.text_pair, "label": self.label_ids[index], "index": index}
+
+
+class GTSDataCollator:
+    """Tokenises a list of dataset items with the model's prefix, truncation and pair layout."""
+
+    def __init__(self, tokenizer: Any, config: Any):
+        self.tokenizer, self.config = tokenizer, config
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        pairs = [item["text_pair"] for item in items] if self.config.is_pair_task else None
+        batch = encode_examples(self.tokenizer, self.config, [item["text"] for item in items], pairs)
+        batch["labels"] = torch.tensor([item["label"] for item in items])
+        batch["example_ids"] = torch.tensor([item["index"] for item in items])
+        return batch
+
+
+class KeepBestOnDev(TrainerCallback):
+    """Remembers the trainable weights of the best evaluation (accuracy, then loss) and restores them at the end."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+        self.best: tuple[float, float] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch: float | None = None
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                    metrics: dict[str, float] | None = None, **kwargs: Any) -> None:
+        if not metrics or "eval_accuracy" not in metrics:
+            return
+        score = (metrics["eval_accuracy"], -metrics.get("eval_loss", 0.0))
+        if self.best is None or score > self.best:
+            self.best, self.best_epoch = score, state.epoch or 0.0
+            self.best_state = {name: param.detach().clone() for name, param in self.model.named_parameters()
+                               if param.requires_grad}
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                     **kwargs: Any) -> None:
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state, strict=False)
+            logger.info("restored the best dev epoch %s (accuracy %.4f)", self.best_epoch, self.best[0])
+
+
+class ContrastiveBank(TrainerCallback):
+    """Re-embeds the whole training set at the start of each epoch (the memory bank of kNN-expanded contrast)."""
+
+    def __init__(self, trainer: "GTSTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        self.trainer.refresh_bank()
+
+
+def freeze_encoder_parts(encoder: torch.nn.Module, word_embeddings: bool, train_top_layers: int | None) -> None:
+    """Freeze the word embeddings and/or every transformer layer below the top ``train_top_layers``."""
+    if word_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    if train_top_layers is None:
+        return
+    layers = transformer_layers(encoder)
+    for layer in layers[: max(len(layers) - train_top_layers, 0)]:
+        layer.requires_grad_(False)
+    if train_top_layers < len(layers):
+        encoder.get_input_embeddings().requires_grad_(False)
+        for module in encoder.modules():  # position/type embeddings and their LayerNorm sit below every layer
+            if "Embeddings" in type(module).__name__:
+                module.requires_grad_(False)
+
+
+def transformer_layers(encoder: torch.nn.Module) -> torch.nn.ModuleList:
+    """The encoder's stack of transformer layers (the ModuleList as long as ``num_hidden_layers``)."""
+    depth = encoder.config.num_hidden_layers
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == depth:
+            return module
+    raise ValueError(f"cannot find the {depth} transformer layers of {type(encoder).__name__}")
+
+
+def mask_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, rate: float, mask_id: int,
+                special_ids: Sequence[int]) -> torch.Tensor:
+    """Replace a ``rate`` share of the real, non-special tokens with ``mask_id``."""
+    if rate <= 0:
+        return input_ids
+    candidates = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(list(special_ids), device=input_ids.device))
+    chosen = candidates & (torch.rand(input_ids.shape, device=input_ids.device) < rate)
+    return input_ids.masked_fill(chosen, mask_id)
+
+
+class GTSTrainer(Trainer):
+    """A `Trainer` for :class:`~gts_hf.modeling.GTSForFewShotClassification` with GTS's standard recipe.
+
+    Args (beyond `Trainer`'s):
+        train_examples / eval_examples: lists of :class:`~gts_hf.data.Example`, wrapped into datasets for you.
+    """
+
+    args: GTSTrainingArguments
+
+    def __init__(self, model: Any = None, args: GTSTrainingArguments | None = None,
+                 train_examples: Sequence[Example] | None = None, eval_examples: Sequence[Example] | None = None,
+                 processing_class: Any = None, **kwargs: Any):
+        args = args or GTSTrainingArguments()
+        label2id = model.config.label2id
+        kwargs.setdefault("train_dataset", ExampleDataset(train_examples, label2id) if train_examples else None)
+        kwargs.setdefault("eval_dataset", ExampleDataset(eval_examples, label2id) if eval_examples else None)
+        kwargs.setdefault("data_collator", GTSDataCollator(processing_class, model.config))
+        kwargs.setdefault("compute_metrics", self._metrics_for(len(model.config.labels)))
+        super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
+        freeze_encoder_parts(model.encoder, args.freeze_word_embeddings, args.train_top_layers)
+        self.best_on_dev = KeepBestOnDev(model) if args.select_on_dev and self.eval_dataset is not None else None
+        if self.best_on_dev:
+            self.add_callback(self.best_on_dev)
+        self.bank: torch.Tensor | None = None
+        if args.contrastive_weight > 0 and args.contrastive_bank_positives > 0:
+            self.add_callback(ContrastiveBank(self))
+        tokenizer = processing_class
+        self._mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
+        self._special_ids = tokenizer.all_special_ids
+
+    @staticmethod
+    def _metrics_for(num_labels: int):
+        def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+            logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+            return classification_metrics(prediction.label_ids, np.argmax(logits, axis=-1), num_labels)
+        return compute_metrics
+
+    # ----------------------------------------------------------------------------------------------------- optimiser
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """AdamW with a higher learning rate for the option head than for the encoder."""
+        if self.optimizer is None:
+            model = self.model
+            head_names = {"option_embeddings", "log_logit_scale", "pair_weight", "pair_bias"}
+            head, decay, no_decay = [], [], []
+            for name, param in model.named_parameters():
+                if not param.requires_grad:
+                    continue
+                if name in head_names:
+                    head.append(param)
+                elif param.ndim < 2:
+                    no_decay.append(param)
+                else:
+                    decay.append(param)
+            groups = [
+                {"params": decay, "weight_decay": self.args.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+                {"params": head, "weight_decay": 0.0, "lr": self.args.head_learning_rate},
+            ]
+            self.optimizer = torch.optim.AdamW([group for group in groups if group["params"]],
+                                               lr=self.args.learning_rate)
+        return self.optimizer
+
+    # ------------------------------------------------------------------------------------------------------- train
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        if self.best_on_dev is not None:
+            self.evaluate()  # the untrained model (zero-shot or head-only) is a candidate too
+        return super().train(*args, **kwargs)
+
+    def refresh_bank(self) -> None:
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        chunks = []
+        with torch.no_grad():
+            for batch in self.get_eval_dataloader(self.train_dataset):
+                inputs = {k: v for k, v in batch.items() if k not in ("labels", "example_ids")}
+                chunks.append(model(**inputs).embeddings)
+        model.train(was_training)
+        self.bank = torch.cat(chunks)
+        self.bank_labels = torch.tensor(self.train_dataset.label_ids, device=self.bank.device)
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch: torch.Tensor | int | None = None) -> Any:
+        labels = inputs.pop("labels")
+        example_ids = inputs.pop("example_ids", None)
+        if not model.training:
+            outputs = model(**inputs)
+            loss = F.cross_entropy(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
+        args = self.args
+        inputs = self._augment(inputs)
+        outputs = model(**inputs)
+        loss = F.cross_entropy(outputs.logits, labels)
+        if args.rdrop_alpha > 0:
+            second = model(**inputs)
+            loss = (loss + F.cross_entropy(second.logits, labels)) / 2
+            loss = loss + args.rdrop_alpha * rdrop_loss(outputs.logits, second.logits)
+        if args.mixup_alpha > 0 and args.mixup_weight > 0:
+            loss = loss + args.mixup_weight * self._mixup_loss(model, outputs, labels)
+        if args.contrastive_weight > 0:
+            loss = loss + args.contrastive_weight * self._contrastive_loss(outputs.embeddings, labels, example_ids)
+        return (loss, outputs) if return_outputs else loss
+
+    def _augment(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rates = [rate for rate in self.args.mask_rates]
+        rate = random.choice(rates) if rates else 0.0
+        if rate <= 0:
+            return inputs
+        masked = dict(inputs)
+        for key in [key for key in inputs if key.endswith("input_ids")]:
+            mask_key = key.replace("input_ids", "attention_mask")
+            masked[key] = mask_tokens(inputs[key], inputs[mask_key], rate, self._mask_id, self._special_ids)
+        return masked
+
+    def _mixup_loss(self, model: torch.nn.Module, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+        head = self.accelerator.unwrap_model(model)
+        targets = F.one_hot(labels, len(head.config.labels)).to(outputs.embeddings.dtype)
+        features = outputs.embeddings
+        if outputs.pair_similarity is not None:
+            features = torch.cat([features, outputs.pair_similarity.unsqueeze(-1)], dim=-1)
+        mixed, mixed_targets, _ = mixup(features, targets, self.args.mixup_alpha)
+        if outputs.pair_similarity is not None:
+            logits = head.score(F.normalize(mixed[:, :-1], dim=-1), mixed[:, -1])
+        else:
+            logits = head.score(F.normalize(mixed, dim=-1))
+        return soft_cross_entropy(logits, mixed_targets)
+
+    def _contrastive_loss(self, embeddings: torch.Tensor, labels: torch.Tensor,
+                          example_ids: torch.Tensor | None) -> torch.Tensor:
+        use_bank = self.bank is not None and self.args.contrastive_bank_positives > 0
+        return supervised_contrastive_loss(
+            embeddings, labels, self.args.contrastive_temperature,
+            bank=self.bank if use_bank else None,
+            bank_labels=self.bank_labels if use_bank else None,
+            bank_positives=self.args.contrastive_bank_positives,
+            bank_ids=example_ids if use_bank else None,
+        )
+
+
+# ------------------------------------------------------------------------------------------------ fast: head only
+@torch.enable_grad()
+def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor,
+             dev_features: dict[str, torch.Tensor] | None = None, dev_labels: torch.Tensor | None = None,
+             steps: int = 300, learning_rate: float = 1e-2, anchor_weight: float = 1.0, mixup_alpha: float = 0.4,
+             seed: int = 42) -> dict[str, Any]:
+    """Train only the option head on frozen features (``embeddings`` and, for pairs, ``pair_similarity``).
+
+    The option vectors are pulled towards their starting point (the label texts' embeddings) by ``anchor_weight``,
+    which keeps the zero-shot prior where 32 examples cannot overrule it. Full-batch AdamW; the step with the best dev
+    accuracy (then loss) is kept, the start included."""
+    generator = torch.Generator().manual_seed(seed)
+    params = [model.option_embeddings, model.log_logit_scale, model.pair_weight, model.pair_bias]
+    anchor = F.normalize(model.option_embeddings.detach().clone(), dim=-1)
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    targets = F.one_hot(labels, len(model.config.labels)).float()
+    has_pairs = features.get("pair_similarity") is not None
+
+    def logits_of(feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model.score(feats["embeddings"], feats.get("pair_similarity"))
+
+    def dev_score() -> tuple[float, float]:
+        if dev_features is None:
+            return (0.0, 0.0)
+        with torch.no_grad():
+            logits = logits_of(dev_features)
+            return ((logits.argmax(-1) == dev_labels).float().mean().item(), -F.cross_entropy(logits, dev_labels).item())
+
+    best, best_state, best_step = dev_score(), _head_state(params), 0
+    for step in range(1, steps + 1):
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits_of(features), labels)
+        if mixup_alpha > 0:
+            packed = torch.cat([features["embeddings"], features["pair_similarity"].unsqueeze(-1)], -1) \
+                if has_pairs else features["embeddings"]
+            mixed, mixed_targets, _ = mixup(packed, targets, mixup_alpha, generator)
+            mixed_logits = model.score(F.normalize(mixed[:, :-1], dim=-1), mixed[:, -1]) if has_pairs \
+                else model.score(F.normalize(mixed, dim=-1))
+            loss = loss + 0.5 * soft_cross_entropy(mixed_logits, mixed_targets)
+        drift = (F.normalize(model.option_embeddings, dim=-1) - anchor).pow(2).sum(-1).mean()
+        (loss + anchor_weight * drift).backward()
+        optimizer.step()
+        score = dev_score()
+        if score > best:
+            best, best_state, best_step = score, _head_state(params), step
+    _load_head_state(params, best_state)
+    return {"head_steps": steps, "head_best_step": best_step, "head_dev_accuracy": best[0]}
+
+
+def _head_state(params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
+    return [copy.deepcopy(param.detach()) for param in params]
+
+
+@torch.no_grad()
+def _load_head_state(params: Sequence[torch.nn.Parameter], state: Sequence[torch.Tensor]) -> None:
+    for param, value in zip(params, state):
+        param.copy_(value)

@@ -1,0 +1,76 @@
+"""The kNN datastore: prototypes, whitening, tuning on dev, safe files and consistency checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from gts_hf.retrieval import KNNDatastore, KNNSettings, class_prototypes, fit_whitening
+
+
+def clusters(seed: int, n_per_class: int = 10, dim: int = 4, num_labels: int = 3):
+    rng = np.random.default_rng(seed)
+    centres = np.eye(num_labels, dim) * 8
+    labels = np.repeat(np.arange(num_labels), n_per_class)
+    return (centres[labels] + rng.normal(size=(len(labels), dim))).astype(np.float32), labels
+
+
+def test_prototypes_are_class_means_and_leave_one_out_means():
+    embeddings = np.array([[0.0, 0], [2, 0], [4, 0], [0, 6]], dtype=np.float32)
+    keys, labels = class_prototypes(embeddings, np.array([0, 0, 0, 1]), 2)
+    assert labels.tolist() == [0, 0, 0, 0, 1]
+    np.testing.assert_allclose(keys[0], [2, 0])
+    np.testing.assert_allclose(keys[1:4], [[3, 0], [2, 0], [1, 0]])
+    np.testing.assert_allclose(keys[4], [0, 6])
+
+
+def test_whitening_gives_identity_covariance_within_rank():
+    keys = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32) @ np.diag([5, 1, 1, 1, 1, 1, 1, 0.1])
+    mean, projection = fit_whitening(keys, max_dim=8)
+    whitened = (keys - mean) @ projection
+    np.testing.assert_allclose(np.cov(whitened.T), np.eye(8), atol=1e-3)
+    _, small = fit_whitening(keys[:5], max_dim=64)
+    assert small.shape[1] <= 4  # never more directions than the data has
+
+
+def test_knn_votes_for_the_right_cluster_and_tuning_uses_it():
+    train, train_labels = clusters(0)
+    dev, dev_labels = clusters(0, n_per_class=5)
+    store = KNNDatastore.build(train, train_labels, 3, settings=KNNSettings(whiten_dim=2))
+    assert (store.knn_probs(dev, k=5).argmax(1) == dev_labels).mean() == 1.0
+    uninformed = np.full((len(dev), 3), 1 / 3)
+    choice = store.tune(dev, uninformed, dev_labels)
+    assert choice["lambda"] > 0 and choice["dev_accuracy_knn"] == 1.0
+    mixed = store.interpolate(uninformed, dev)
+    np.testing.assert_allclose(mixed.sum(1), 1.0)
+
+
+def test_save_and_load_give_the_same_predictions(tmp_path):
+    train, labels = clusters(1)
+    store = KNNDatastore.build(train, labels, 3)
+    store.settings.lam, store.settings.k = 0.5, 4
+    store.save(tmp_path / "knn")
+    assert sorted(p.name for p in (tmp_path / "knn").iterdir()) == ["config.json", "datastore.safetensors",
+                                                                     "index.faiss"]
+    loaded = KNNDatastore.load(tmp_path / "knn", num_labels=3, hidden_size=4)
+    probe = clusters(2, n_per_class=3)[0]
+    np.testing.assert_allclose(loaded.knn_probs(probe), store.knn_probs(probe), atol=1e-6)
+    assert loaded.settings == store.settings
+
+
+def test_mismatched_datastore_is_refused(tmp_path):
+    train, labels = clusters(1)
+    KNNDatastore.build(train, labels, 3).save(tmp_path / "knn")
+    with pytest.raises(ValueError, match="3 labels, but the model has 5"):
+        KNNDatastore.load(tmp_path / "knn", num_labels=5)
+    with pytest.raises(ValueError, match="dimension 4, but the model's embeddings have 384"):
+        KNNDatastore.load(tmp_path / "knn", num_labels=3, hidden_size=384)
+    config = json.loads((tmp_path / "knn" / "config.json").read_text())
+    config["format_version"] = 99
+    (tmp_path / "knn" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="format version 99"):
+        KNNDatastore.load(tmp_path / "knn")
+
+
+def test_load_if_present_returns_none_for_a_model_without_datastore(tmp_path):
+    assert KNNDatastore.load_if_present(tmp_path) is None
