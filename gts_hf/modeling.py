@@ -66,6 +66,8 @@ class GTSPreTrainedModel(PreTrainedModel):
             init.constant_(module.log_logit_scale, math.log(self.config.logit_scale))
             init.zeros_(module.pair_weight)
             init.zeros_(module.pair_bias)
+            init.zeros_(module.pair_center)
+            init.ones_(module.pair_spread)
 
 
 class GTSForFewShotClassification(GTSPreTrainedModel):
@@ -79,6 +81,10 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         self.log_logit_scale = nn.Parameter(torch.empty(()))
         self.pair_weight = nn.Parameter(torch.empty(num_labels))
         self.pair_bias = nn.Parameter(torch.empty(num_labels))
+        # The pair cosine is standardised with statistics of the training pairs: raw cosines of one encoder sit in a
+        # narrow band (e.g. 0.75-0.95), which a unit-scale weight could never separate.
+        self.register_buffer("pair_center", torch.zeros(()))
+        self.register_buffer("pair_spread", torch.ones(()))
         self.knn: KNNDatastore | None = None
         self.post_init()
 
@@ -104,8 +110,15 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         options = F.normalize(self.option_embeddings, dim=-1)
         logits = self.log_logit_scale.exp() * embeddings @ options.T
         if pair_similarity is not None:
-            logits = logits + pair_similarity.unsqueeze(-1) * self.pair_weight + self.pair_bias
+            standardised = (pair_similarity - self.pair_center) / self.pair_spread
+            logits = logits + standardised.unsqueeze(-1) * self.pair_weight + self.pair_bias
         return logits
+
+    @torch.no_grad()
+    def calibrate_pair_similarity(self, similarities: torch.Tensor) -> None:
+        """Set the standardisation of the pair cosine from the training pairs' cosines."""
+        self.pair_center.fill_(similarities.mean().item())
+        self.pair_spread.fill_(max(similarities.std().item(), 1e-3) if len(similarities) > 1 else 1.0)
 
     def forward(
         self,

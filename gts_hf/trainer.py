@@ -285,6 +285,8 @@ def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     targets = F.one_hot(labels, len(model.config.labels)).float()
     has_pairs = features.get("pair_similarity") is not None
+    if has_pairs:
+        model.calibrate_pair_similarity(features["pair_similarity"])
 
     def logits_of(feats: dict[str, torch.Tensor]) -> torch.Tensor:
         return model.score(feats["embeddings"], feats.get("pair_similarity"))

@@ -1,0 +1,141 @@
+"""`gts-hf bench`: planning, sampling, label files, and an end-to-end run on a tiny FewCLUE-like task."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from gts_hf import bench
+from gts_hf.cli import main
+from gts_hf.data import Example
+
+from .conftest import NEGATIVE, POSITIVE, write_jsonl
+
+
+def _eprstmt_records(start: int, stop: int) -> list[dict]:
+    return [{"id": i, "sentence": text, "label": label} for label, texts in (("Positive", POSITIVE),
+                                                                             ("Negative", NEGATIVE))
+            for i, text in enumerate(texts[start:stop])]
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Tiny models gain nothing from threads, and spinning threads crawl on a busy machine."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # for the worker processes
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def fewclue_root(tmp_path: Path) -> Path:
+    """``fewclue/eprstmt`` (FewCLUE fields, split 0) and ``fewclue/topics`` (int labels, TNEWS-style label file)."""
+    root = tmp_path / "data" / "fewclue"
+    eprstmt = root / "eprstmt"
+    eprstmt.mkdir(parents=True)
+    write_jsonl(eprstmt / "train_0.json", _eprstmt_records(0, 5))
+    write_jsonl(eprstmt / "dev_0.json", _eprstmt_records(5, 8))
+    write_jsonl(eprstmt / "test_public.json", _eprstmt_records(0, 8))
+    topics = root / "topics"
+    topics.mkdir()
+    records = [{"label": 100 + (label == "Negative"), "label_desc": f"news_{label.lower()}", "sentence": r["sentence"]}
+               for r in _eprstmt_records(0, 8) for label in [r["label"]]]
+    for name in ("train_0.json", "dev_0.json", "test_public.json"):
+        write_jsonl(topics / name, records)
+    write_jsonl(topics / "label_index2en2zh.json", [
+        {"label": "100", "label_desc": "news_positive", "label_zh": "正面"},
+        {"label": "101", "label_desc": "news_negative", "label_zh": "负面"}])
+    return root.parent
+
+
+def test_parse_int_list() -> None:
+    assert bench.parse_int_list("0-4") == [0, 1, 2, 3, 4]
+    assert bench.parse_int_list("8,64") == [8, 64]
+    assert bench.parse_int_list("0,2-3") == [0, 2, 3]
+    with pytest.raises(ValueError):
+        bench.parse_int_list("a-b")
+    with pytest.raises(ValueError):
+        bench.parse_names("gts-fast,nope", bench.METHODS)
+
+
+def test_sample_per_class_is_seeded_balanced_and_disjoint() -> None:
+    pool = [Example(text=f"t{i}", label="ab"[i % 2]) for i in range(40)]
+    train, dev = bench.sample_per_class(pool, 4, seed=1)
+    assert sorted(e.label for e in train) == ["a"] * 4 + ["b"] * 4
+    assert sorted(e.label for e in dev) == ["a"] * 4 + ["b"] * 4
+    assert not {e.text for e in train} & {e.text for e in dev}
+    assert [e.text for e in train] == [e.text for e in bench.sample_per_class(pool, 4, seed=1)[0]]
+    assert [e.text for e in train] != [e.text for e in bench.sample_per_class(pool, 4, seed=2)[0]]
+
+
+def test_label_file_descriptions_become_options(fewclue_root: Path, tmp_path: Path) -> None:
+    options = bench.RunOptions(methods=["zeroshot"], output_dir=tmp_path / "out", max_test=3)
+    spec, = bench.fewclue_specs(options, fewclue_root, ["topics"], [0])
+    assert spec.labels and spec.labels.endswith("label_index2en2zh.json")
+    task = bench.load_spec_task(spec)
+    assert task.labels == ["news_positive", "news_negative"]
+    assert task.option_texts() == ["正面", "负面"]
+    assert len(task.test) == 3
+
+
+def _bench_argv(root: Path, student: Path, output: Path, methods: str) -> list[str]:
+    return ["bench", "fewclue", "--tasks", "eprstmt", "--splits", "0", "--methods", methods, "--student", str(student),
+            "--data-root", str(root), "--output-dir", str(output)]
+
+
+def _check_record(path: Path, method: str) -> dict:
+    record = json.loads(path.read_text(encoding="utf-8"))
+    assert record["method"] == method and record["n_test"] == 16
+    assert 0.0 <= record["accuracy"] <= 1.0 and 0.0 <= record["macro_f1"] <= 1.0 and -1.0 <= record["mcc"] <= 1.0
+    assert record["train_seconds"] >= 0 and record["texts_per_second"] > 0 and record["peak_rss_mb"] > 0
+    assert record["environment"]["versions"]["torch"] and record["settings"]
+    return record
+
+
+def test_bench_fewclue_end_to_end(fewclue_root: Path, tiny_student: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The command line: one JSON per run, RESULTS.md and the plot; a second invocation skips what is done."""
+    output = tmp_path / "benchmarks"
+    argv = _bench_argv(fewclue_root, tiny_student, output, "gts-fast,zeroshot") + ["--in-process"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("fewclue/eprstmt/split0") == 2 and "FAILED" not in printed, printed
+    for method in ("gts-fast", "zeroshot"):
+        _check_record(output / "results" / "fewclue" / "eprstmt" / "split0" / f"{method}.json", method)
+    results = (output / "RESULTS.md").read_text(encoding="utf-8")
+    assert "## fewclue" in results and "| eprstmt | gts-fast | 1 | 16 |" in results
+    assert "| eprstmt | zeroshot |" in results
+    assert (output / "results.png").stat().st_size > 0
+
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("skipped (result exists") == 2
+
+
+def test_bench_runs_each_run_in_its_own_process(fewclue_root: Path, tiny_student: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """The default: a fresh interpreter per run (own peak memory, isolated failures), its output in runs/."""
+    output = tmp_path / "benchmarks"
+    assert main(_bench_argv(fewclue_root, tiny_student, output, "zeroshot") + ["--max-test", "6"]) == 0
+    assert "FAILED" not in capsys.readouterr().out
+    record = json.loads((output / "results" / "fewclue" / "eprstmt" / "split0" / "zeroshot.json").read_text())
+    assert record["isolated_process"] and record["n_test"] == 6 and record["identity"]["max_test"] == 6
+    assert (output / "runs" / "fewclue" / "eprstmt" / "split0" / "zeroshot.log").is_file()
+
+
+@pytest.mark.parametrize("method", ["setfit", "finetune"])
+def test_baseline_methods_run(method: str, fewclue_root: Path, tiny_student: Path, tmp_path: Path) -> None:
+    """SetFit and plain fine-tuning, run in this process (the subprocess path is covered above)."""
+    options = bench.RunOptions(methods=[method], output_dir=tmp_path, student=str(tiny_student), setfit_iterations=2)
+    spec, = bench.fewclue_specs(options, fewclue_root / "fewclue", ["eprstmt"], [0])
+    bench.run_one(spec)
+    record = _check_record(Path(spec.output), method)
+    assert bench.is_done(spec)
+    assert record["settings"]["query_prefix"] == ""  # the tiny student is not an e5 model
+    report = bench.render_markdown([record], plot_name=None)
+    assert f"| eprstmt | {method} |" in report
