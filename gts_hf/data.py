@@ -160,6 +160,14 @@ def parse_example(record: dict[str, Any], path: str | Path, line: int, require_l
 
 
 def _find_texts(record: dict[str, Any], path: str | Path, line: int) -> tuple[str, str | None]:
+    if "candidates" in record:
+        raise DataError("multiple-choice records (a 'candidates' list, as in CHID) are not supported yet", path, line,
+                        "candidates")
+    if isinstance(record.get("target"), dict) and "text" in record:
+        return _mark_spans(record, path, line), None
+    if isinstance(record.get("keyword"), list) and "abst" in record:
+        keywords = [_clean_text(word, path, line, "keyword") for word in record["keyword"]]
+        return _clean_text(record["abst"], path, line, "abst"), "，".join(keywords)
     for first, second in PAIR_FIELDS:
         if first in record and second in record:
             return _clean_text(record[first], path, line, first), _clean_text(record[second], path, line, second)
@@ -167,6 +175,21 @@ def _find_texts(record: dict[str, Any], path: str | Path, line: int) -> tuple[st
         if name in record:
             return _clean_text(record[name], path, line, name), None
     raise DataError(f"no text field; expected one of {', '.join(TEXT_FIELDS)} or a sentence1/sentence2 pair", path, line)
+
+
+def _mark_spans(record: dict[str, Any], path: str | Path, line: int) -> str:
+    """Coreference records (CLUEWSC): the text with its two spans marked, ``[noun]`` and ``<pronoun>``, so that
+    "does span 2 refer to span 1" becomes a single-text classification."""
+    text, target = _clean_text(record["text"], path, line, "text"), record["target"]
+    spans = []
+    for number, (left, right) in ((1, ("[", "]")), (2, ("<", ">"))):
+        span, start = target.get(f"span{number}_text"), target.get(f"span{number}_index")
+        if not isinstance(span, str) or not isinstance(start, int) or text[start:start + len(span)] != span:
+            raise DataError(f"span{number} ({span!r} at {start!r}) does not match the text", path, line, "target")
+        spans.append((start, len(span), left, right))
+    for start, length, left, right in sorted(spans, reverse=True):
+        text = text[:start] + left + text[start:start + length] + right + text[start + length:]
+    return text
 
 
 def _clean_text(value: Any, path: str | Path, line: int, name: str) -> str:

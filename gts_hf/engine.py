@@ -10,17 +10,22 @@ Modes (each a superset of the one before):
 
 Nothing is written until training has succeeded; the output folder is then replaced in one step, so a failed run
 leaves the previous model intact.
+
+Several processes (``accelerate launch`` / ``torchrun``): fine-tuning is data-parallel (the Trainer's DDP); the head fit,
+the kNN datastore and the test evaluation run on the full data in every process (deterministic, so every replica
+ends identical, which the record checks); only the main process writes the output folder, the others wait for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +99,8 @@ class GTSEngine:
         settings = self.settings
         if output_dir is not None:
             _check_output_dir(Path(output_dir))
+        if _num_processes() > 1:
+            _join_process_group()
         set_seed(settings.seed)
         started = time.perf_counter()
         model, tokenizer = self.build_student(task)
@@ -105,11 +112,21 @@ class GTSEngine:
         if settings.use_knn:
             record["knn"] = attach_knn(model, tokenizer, task)
         record["train_seconds"] = round(time.perf_counter() - started, 2)
+        if _num_processes() > 1:
+            record["distributed"] = _compare_replicas(model)
         trained = TrainedModel(model, tokenizer, record)
         if task.test:
             trained.test_metrics = evaluate_examples(model, tokenizer, task.test)
         if output_dir is not None:
-            trained.output_dir = save_trained(trained, Path(output_dir))
+            if _num_processes() == 1:
+                trained.output_dir = save_trained(trained, Path(output_dir))
+            else:  # one writer; the others wait until the folder is complete
+                from accelerate import PartialState
+
+                if PartialState().is_main_process:
+                    save_trained(trained, Path(output_dir))
+                PartialState().wait_for_everyone()
+                trained.output_dir = Path(output_dir)
         return trained
 
     def build_student(self, task: FewShotTask) -> tuple[GTSForFewShotClassification, Any]:
@@ -147,13 +164,18 @@ class GTSEngine:
 
     def training_arguments(self, num_train: int) -> GTSTrainingArguments:
         """Fine-tuning arguments: enough epochs for ``min_finetune_steps`` optimiser steps, then the overrides."""
-        batch_size = self.settings.training_overrides.get("per_device_train_batch_size", 16)
+        overrides = self.settings.training_overrides
+        batch_size = overrides.get("per_device_train_batch_size", 16) * _num_processes() * \
+            overrides.get("gradient_accumulation_steps", 1)  # one optimiser step consumes this many examples
         steps_per_epoch = max(math.ceil(num_train / batch_size), 1)
         epochs = min(max(math.ceil(self.settings.min_finetune_steps / steps_per_epoch), 4), self.settings.max_epochs)
-        evaluate_every = max(steps_per_epoch * epochs // self.settings.evaluations, 1)
+        evaluate_every = max(int(steps_per_epoch * overrides.get("num_train_epochs", epochs)) //
+                             self.settings.evaluations, 1)
         options = {"num_train_epochs": epochs, "seed": self.settings.seed, "eval_strategy": "steps",
                    "eval_steps": evaluate_every, "logging_strategy": "steps", "logging_steps": evaluate_every}
-        options.update(self.settings.training_overrides)
+        if _num_processes() > 1 and not torch.cuda.is_available():
+            options["use_cpu"] = True  # DDP over gloo (without it, CPU processes would each train alone)
+        options.update(overrides)
         return GTSTrainingArguments(**options)
 
     def _record_header(self, task: FewShotTask) -> dict[str, Any]:
@@ -267,4 +289,46 @@ def _label_tensor(task: FewShotTask, examples: list[Example]) -> torch.Tensor:
 
 
 def _device() -> torch.device:
+    if _num_processes() > 1 and torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return PartialState().device  # this process's GPU, not cuda:0 for every process
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# ----------------------------------------------------------------------------------------------- several processes
+def _num_processes() -> int:
+    """How many processes `accelerate launch`, `torchrun` or `mpirun` started for this run (1: a plain run)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def _join_process_group() -> None:
+    """Start Accelerate's distributed state (NCCL on GPUs, gloo on CPUs) unless the Trainer already has: `fast` mode
+    never builds training arguments, and its processes must still agree on who writes the output folder."""
+    from accelerate import PartialState
+
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+    PartialState(cpu=use_cpu)
+
+
+def _compare_replicas(model: GTSForFewShotClassification) -> dict[str, Any]:
+    """Fingerprint the weights and the kNN datastore in every process and compare them (they should be identical:
+    DDP keeps the weights in step, and everything else is computed on the same data with the same seed)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    if model.knn is not None:
+        digest.update(np.ascontiguousarray(model.knn.keys).tobytes() if model.knn.keys is not None else b"")
+        digest.update(json.dumps(asdict(model.knn.settings), sort_keys=True).encode())
+    fingerprints: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(fingerprints, digest.hexdigest())
+    identical = len(set(fingerprints)) == 1
+    if not identical:
+        logger.warning("the %d processes ended with different models; the main process's is saved", len(fingerprints))
+    return {"num_processes": len(fingerprints), "replicas_identical": identical}

@@ -6,8 +6,12 @@ the kNN datastore that :meth:`GTSForFewShotClassification.from_pretrained` loads
 >>> from transformers import pipeline
 >>> pipeline("gts-few-shot", model="me/sentiment-gts")                       # weights, tokenizer and kNN files
 
-Everything a model repo holds is data: safetensors, JSON and a faiss index. Loading runs no code from the repo (no
-``trust_remote_code``); a kNN datastore that does not fit its model is refused with a ``ValueError``.
+Everything gts-hf loads from a model repo is data: safetensors, JSON and a faiss index. Loading with gts-hf installed
+runs no code from the repo (no ``trust_remote_code``); a kNN datastore that does not fit its model is refused with a
+``ValueError``. For users without gts-hf, a push also uploads ``gts_remote.py`` (the template
+``gts_hf/hub_cards/gts_remote.py``, which needs only transformers, torch and numpy) and points the pushed
+``config.json`` at it, so that ``pipeline("text-classification", model="me/sentiment-gts", trust_remote_code=True)``
+works too; ``include_code=False`` leaves it out.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ WIDGET_PER_LABEL = 1  # of which this many become widget examples
 MIRROR_PATTERNS = ["*"]
 HUB_URL = "https://huggingface.co"
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+REMOTE_CODE_FILE = "gts_remote.py"  # uploaded as is from gts_hf/hub_cards for trust_remote_code users
+# The pipeline task the remote module serves: the Hub's own snippet for a text-classification model then works with
+# trust_remote_code. (Not "gts-few-shot": transformers would then demand trust_remote_code from gts-hf users too.)
+REMOTE_PIPELINE_TASK = PIPELINE_TAG
 
 
 # ------------------------------------------------------------------------------------------------------------ load
@@ -108,6 +116,7 @@ def push_model(
     data_dir: str | os.PathLike | None = None,
     license: str = DEFAULT_LICENSE,
     datasets: str | Sequence[str] | None = None,
+    include_code: bool = True,
 ) -> CommitInfo:
     """Upload a saved model folder (``GTSEngine.train(output_dir=...)`` or ``model.save_pretrained``) with a generated
     model card, in one commit.
@@ -121,6 +130,8 @@ def push_model(
         examples, data_dir: labelled training texts for the card's examples and widget (see
             :func:`render_model_card`).
         license, datasets: the card's licence and dataset ids.
+        include_code: also upload ``gts_remote.py`` and add ``auto_map``/``custom_pipelines`` to the pushed
+            ``config.json`` (never to the local one), for ``trust_remote_code=True`` users without gts-hf.
 
     The branch ends up mirroring the folder: files it held that the folder lacks are deleted in the same commit. Files
     already on the Hub with the same content are not uploaded again; when nothing changed, no commit is made and the
@@ -132,8 +143,8 @@ def push_model(
     if revision is not None and not revision.startswith("refs/pr/"):
         api.create_branch(repo_id, branch=revision, exist_ok=True)
     card = render_model_card(model_dir, repo_id, examples=examples, data_dir=data_dir, license=license,
-                             datasets=datasets)
-    with _staged_folder(model_dir, card) as folder:
+                             datasets=datasets, include_code=include_code)
+    with _staged_folder(model_dir, card, include_code) as folder:
         return api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                                  commit_message=commit_message or DEFAULT_COMMIT_MESSAGE,
                                  delete_patterns=MIRROR_PATTERNS)
@@ -149,15 +160,49 @@ def _check_model_dir(model_dir: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def _staged_folder(model_dir: Path, card: ModelCard) -> Iterator[Path]:
-    """A temporary folder holding the model's files (hard links where possible, else copies) plus the card, so that
-    one ``upload_folder`` commits both without writing into the user's folder."""
+def _staged_folder(model_dir: Path, card: ModelCard, include_code: bool = False) -> Iterator[Path]:
+    """A temporary folder holding the model's files (hard links where possible, else copies) plus the card (and the
+    remote-code module), so that one ``upload_folder`` commits them all without writing into the user's folder."""
     with tempfile.TemporaryDirectory(prefix="gts-hf-push-") as staging:
         staging_dir = Path(staging)
         for source in _model_files(model_dir):
             _link_or_copy(source, staging_dir / source.relative_to(model_dir))
         card.save(staging_dir / CARD_FILE)
+        if include_code:
+            _add_remote_code(staging_dir)
         yield staging_dir
+
+
+def _add_remote_code(folder: Path) -> None:
+    """Add ``gts_remote.py`` and point the staged ``config.json`` at it (written as new files: the staged ones may be
+    hard links to the user's)."""
+    config = remote_code_config(_read_json(folder / "config.json"))
+    _write_new_file(folder / "config.json", (json.dumps(config, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    _write_new_file(folder / REMOTE_CODE_FILE, remote_code_module())
+
+
+def remote_code_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved model's ``config.json`` contents with the ``auto_map`` and ``custom_pipelines`` entries that make
+    transformers load :data:`REMOTE_CODE_FILE` when asked to ``trust_remote_code``."""
+    module = Path(REMOTE_CODE_FILE).stem
+    model_class = f"{module}.GTSForFewShotClassification"
+    return {
+        **config,
+        "auto_map": {"AutoConfig": f"{module}.GTSConfig", "AutoModel": model_class,
+                     "AutoModelForSequenceClassification": model_class},
+        "custom_pipelines": {REMOTE_PIPELINE_TASK: {"impl": f"{module}.GTSFewShotPipeline", "pt": ["AutoModel"],
+                                                    "type": "text"}},
+    }
+
+
+def remote_code_module() -> bytes:
+    """The source of the self-contained module uploaded as :data:`REMOTE_CODE_FILE`."""
+    return resources.files("gts_hf.hub_cards").joinpath(REMOTE_CODE_FILE).read_bytes()
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    path.unlink(missing_ok=True)  # never write through a hard link into the model folder
+    path.write_bytes(data)
 
 
 def _model_files(model_dir: Path) -> list[Path]:
@@ -185,6 +230,7 @@ def render_model_card(
     license: str = DEFAULT_LICENSE,
     datasets: str | Sequence[str] | None = None,
     per_label: int = EXAMPLES_PER_LABEL,
+    include_code: bool = False,
 ) -> ModelCard:
     """The model card (``README.md``) of a saved model folder, from the template ``gts_hf/hub_cards/model_card.md``.
 
@@ -197,6 +243,7 @@ def render_model_card(
             reads (a file, a list of :class:`~gts_hf.data.Example` or dicts, a ``datasets.Dataset``).
         data_dir: alternatively, a GTS-Engine data folder whose ``train.json`` is quoted.
         license, datasets: the card's licence (default ``apache-2.0``) and dataset ids.
+        include_code: the repo carries the remote-code module: the card also shows how to load it without gts-hf.
 
     The training record stores no texts, so without ``examples``/``data_dir`` the card has no examples and no widget.
     """
@@ -214,7 +261,7 @@ def render_model_card(
         labels=[{"name": _cell(label), "option": _cell(option)}
                 for label, option in zip(config.labels, config.label_options, strict=True)],
         examples={label: [_quote(example) for example in chosen] for label, chosen in quoted.items()},
-        has_knn=bool(knn), training_rows=_training_rows(record, knn), evaluation_rows=_evaluation_rows(test_metrics),
+        has_knn=bool(knn), remote_code=include_code, remote_task=REMOTE_PIPELINE_TASK, training_rows=_training_rows(record, knn), evaluation_rows=_evaluation_rows(test_metrics),
     )
 
 

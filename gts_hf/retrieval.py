@@ -4,12 +4,18 @@ GTS's recipe: keys are the training set's sentence embeddings, each class mean a
 keys are whitened (SVD) to at most 64 dimensions and L2-normalised; neighbour weights are ``softmax(-distance / T)``;
 the final distribution is ``(1 - λ)·p_model + λ·p_kNN``, with ``k``, ``λ`` (and ``T``) chosen on dev. Stored as
 faiss's own index format plus safetensors and JSON: no pickle.
+
+Up to ``EXACT_MAX_KEYS`` keys the index is exact (``IndexFlatL2``); above, it is an inverted-file index
+(``IndexIVFFlat``, √n lists trained on the keys) whose ``nprobe`` is raised until recall@32 against exact search, measured
+on a sample of the keys, reaches ``RECALL_TARGET``. faiss-gpu is used when present; the saved index is always a CPU
+index, so it loads on machines without a GPU.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,10 @@ KNN_FILES = tuple(f"{KNN_DIRNAME}/{name}" for name in (INDEX_FILE, TENSORS_FILE,
 FORMAT_VERSION = 1
 LAMBDA_GRID = tuple(round(step * 0.05, 2) for step in range(21))
 TEMPERATURE_GRID = (1.0, 0.1, 0.05)
+EXACT_MAX_KEYS = 20_000  # above this many keys, an approximate (IVF) index
+RECALL_TARGET = 0.95  # recall@RECALL_K of the approximate index against exact search, measured when it is built
+RECALL_K = 32  # the largest k that `tune` tries
+CALIBRATION_QUERIES = 256
 
 
 @dataclass
@@ -47,10 +57,12 @@ class KNNDatastore:
         num_labels: number of classes.
         settings: ``k``, ``λ``, temperature and whitening size.
         mean, projection: a fitted whitening (``None`` fits one on ``keys``).
+        exact_max_keys: exact search up to this many keys, approximate above (default ``EXACT_MAX_KEYS``).
     """
 
     def __init__(self, keys: np.ndarray, labels: np.ndarray, num_labels: int, settings: KNNSettings | None = None,
-                 mean: np.ndarray | None = None, projection: np.ndarray | None = None):
+                 mean: np.ndarray | None = None, projection: np.ndarray | None = None,
+                 exact_max_keys: int | None = None):
         self.settings = settings or KNNSettings()
         self.num_labels = num_labels
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -60,12 +72,12 @@ class KNNDatastore:
         self.mean = np.ascontiguousarray(mean, dtype=np.float32)
         self.projection = np.ascontiguousarray(projection, dtype=np.float32)
         self.keys = self.whiten(keys)
-        self.index = _flat_index(self.keys)
+        self.index, self.index_info = build_index(self.keys, exact_max_keys)
 
     # -------------------------------------------------------------------------------------------------- building
     @classmethod
     def build(cls, embeddings: np.ndarray, labels: np.ndarray, num_labels: int, with_prototypes: bool = True,
-              settings: KNNSettings | None = None) -> "KNNDatastore":
+              settings: KNNSettings | None = None, exact_max_keys: int | None = None) -> "KNNDatastore":
         """A datastore of ``embeddings`` plus class means and leave-one-out class means."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         labels = np.asarray(labels, dtype=np.int64)
@@ -73,7 +85,7 @@ class KNNDatastore:
             proto_keys, proto_labels = class_prototypes(embeddings, labels, num_labels)
             embeddings = np.concatenate([embeddings, proto_keys])
             labels = np.concatenate([labels, proto_labels])
-        return cls(embeddings, labels, num_labels, settings)
+        return cls(embeddings, labels, num_labels, settings, exact_max_keys=exact_max_keys)
 
     def whiten(self, vectors: np.ndarray) -> np.ndarray:
         projected = (np.asarray(vectors, dtype=np.float32) - self.mean) @ self.projection
@@ -84,6 +96,9 @@ class KNNDatastore:
         """Squared L2 distances and label ids of the ``k`` nearest keys."""
         k = min(k, len(self.labels))
         distances, indices = self.index.search(np.ascontiguousarray(self.whiten(embeddings)), k)
+        missing = indices < 0  # an approximate index can return fewer than k neighbours: they get no vote
+        if missing.any():
+            distances, indices = np.where(missing, np.inf, distances), np.where(missing, 0, indices)
         return distances, self.labels[indices]
 
     def knn_probs(self, embeddings: np.ndarray, k: int | None = None, temperature: float | None = None) -> np.ndarray:
@@ -126,10 +141,12 @@ class KNNDatastore:
         directory.mkdir(parents=True, exist_ok=True)
         faiss.write_index(faiss.index_gpu_to_cpu(self.index) if _on_gpu(self.index) else self.index,
                           str(directory / INDEX_FILE))
-        save_file({"labels": self.labels, "mean": self.mean, "projection": self.projection},
-                  str(directory / TENSORS_FILE))
+        # The whitened keys too: they let a reader without faiss search exactly (the Hub's remote-code module).
+        save_file({"labels": self.labels, "mean": self.mean, "projection": self.projection,
+                   "keys": np.ascontiguousarray(self.keys, dtype=np.float32)}, str(directory / TENSORS_FILE))
         meta = {"format_version": FORMAT_VERSION, "num_labels": self.num_labels, "size": len(self.labels),
-                "raw_dim": int(self.projection.shape[0]), "dim": int(self.projection.shape[1]), **asdict(self.settings)}
+                "raw_dim": int(self.projection.shape[0]), "dim": int(self.projection.shape[1]), **asdict(self.settings),
+                "index": self.index_info}
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
@@ -144,8 +161,10 @@ class KNNDatastore:
         store.settings = KNNSettings(**{key: meta[key] for key in ("k", "lam", "temperature", "whiten_dim")})
         store.num_labels = meta["num_labels"]
         store.labels, store.mean, store.projection = tensors["labels"], tensors["mean"], tensors["projection"]
+        # Files written before the keys were stored: the flat index holds them.
+        store.keys = tensors["keys"] if "keys" in tensors else index.reconstruct_n(0, index.ntotal)
+        store.index_info = meta.get("index", {"type": "flat"})
         store.index = _maybe_to_gpu(index)
-        store.keys = None
         return store
 
     @classmethod
@@ -166,7 +185,13 @@ def fit_whitening(keys: np.ndarray, max_dim: int) -> tuple[np.ndarray, np.ndarra
     """BERT-whitening: ``x ↦ (x - μ) U Σ^-1/2`` keeping the top directions (at most the data's rank)."""
     mean = keys.mean(axis=0)
     centred = keys - mean
-    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    if len(keys) > EXACT_MAX_KEYS:  # many keys: the covariance's eigenvectors, without an SVD of the whole matrix
+        covariance = centred.T.astype(np.float64) @ centred.astype(np.float64)
+        eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+        order = np.argsort(eigenvalues)[::-1]
+        singular, vt = np.sqrt(np.maximum(eigenvalues[order], 0.0)), eigenvectors[:, order].T.astype(np.float32)
+    else:
+        _, singular, vt = np.linalg.svd(centred, full_matrices=False)
     variance = singular ** 2 / max(len(keys) - 1, 1)
     keep = int(min(max_dim, np.sum(variance > 1e-6 * variance.max()))) if variance.max() > 0 else 1
     keep = max(keep, 1)
@@ -192,8 +217,9 @@ def class_prototypes(embeddings: np.ndarray, labels: np.ndarray, num_labels: int
 
 def _vote(distances: np.ndarray, neighbour_labels: np.ndarray, num_labels: int, temperature: float) -> np.ndarray:
     logits = -distances / temperature
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
+    top = logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits - np.where(np.isfinite(top), top, 0.0))
+    weights /= np.maximum(weights.sum(axis=1, keepdims=True), 1e-300)
     probs = np.zeros((len(distances), num_labels), dtype=np.float64)
     np.add.at(probs, (np.arange(len(distances))[:, None], neighbour_labels), weights)
     return probs
@@ -207,10 +233,52 @@ def _log_likelihood(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean())
 
 
-def _flat_index(keys: np.ndarray) -> Any:
-    index = faiss.IndexFlatL2(keys.shape[1])
-    index.add(np.ascontiguousarray(keys, dtype=np.float32))
-    return _maybe_to_gpu(index)
+def build_index(keys: np.ndarray, exact_max_keys: int | None = None, recall_target: float = RECALL_TARGET,
+                recall_k: int = RECALL_K, seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """A faiss index over ``keys`` and a description of it: exact up to ``exact_max_keys`` keys, else IVF-Flat with
+    ``nprobe`` calibrated to ``recall_target`` (recall@``recall_k`` against exact search on a sample of the keys)."""
+    keys = np.ascontiguousarray(keys, dtype=np.float32)
+    limit = EXACT_MAX_KEYS if exact_max_keys is None else exact_max_keys
+    if len(keys) <= max(limit, 2 * 39):  # IVF needs enough points to train its lists
+        index = faiss.IndexFlatL2(keys.shape[1])
+        index.add(keys)
+        return _maybe_to_gpu(index), {"type": "flat"}
+    index, info = _ivf_index(keys, recall_target, recall_k, seed)
+    return _maybe_to_gpu(index), info
+
+
+def _ivf_index(keys: np.ndarray, recall_target: float, recall_k: int, seed: int) -> tuple[Any, dict[str, Any]]:
+    count, dim = keys.shape
+    nlist = int(max(min(round(math.sqrt(count)), count // 39), 2))  # faiss wants ≥ 39 training points per list
+    rng = np.random.default_rng(seed)
+    train = keys[np.sort(rng.choice(count, 64 * nlist, replace=False))] if count > 64 * nlist else keys
+    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(dim), dim, nlist)
+    index.cp.seed = seed
+    index.train(train)
+    index.add(keys)
+    # Calibrate nprobe: sampled keys as queries, each one's own entry left out of both neighbour lists.
+    sample = np.sort(rng.choice(count, min(CALIBRATION_QUERIES, count), replace=False))
+    k = min(recall_k, count - 1)
+    _, exact = faiss.knn(keys[sample], keys, k + 1)
+    nprobe, recall = 1, 0.0
+    while True:
+        index.nprobe = nprobe
+        _, approximate = index.search(keys[sample], k + 1)
+        recall = _recall(approximate, exact, sample, k)
+        if recall >= recall_target or nprobe >= nlist:
+            break
+        nprobe = min(nprobe * 2, nlist)
+    if recall < recall_target:
+        logger.warning("the IVF index reaches recall@%d of %.3f only, even searching all %d lists", k, recall, nlist)
+    return index, {"type": "ivf_flat", "nlist": nlist, "nprobe": nprobe, f"recall_at_{k}": round(recall, 4)}
+
+
+def _recall(approximate: np.ndarray, exact: np.ndarray, queries: np.ndarray, k: int) -> float:
+    hits = []
+    for own, found, truth in zip(queries, approximate, exact):
+        truth = [i for i in truth if i != own][:k]
+        hits.append(len(set(truth) & (set(found.tolist()) - {own})) / max(len(truth), 1))
+    return float(np.mean(hits))
 
 
 def _maybe_to_gpu(index: Any) -> Any:
@@ -236,6 +304,8 @@ def _check_consistent(directory: Path, meta: dict[str, Any], tensors: dict[str, 
     if index.d != tensors["projection"].shape[1] or index.ntotal != len(tensors["labels"]):
         problems.append(f"an index of {index.ntotal}×{index.d} for {len(tensors['labels'])} labels of dimension "
                         f"{tensors['projection'].shape[1]}")
+    if "keys" in tensors and tensors["keys"].shape != (index.ntotal, index.d):
+        problems.append(f"keys of shape {tensors['keys'].shape} for an index of {index.ntotal}×{index.d}")
     if len(tensors["labels"]) and (tensors["labels"].min() < 0 or tensors["labels"].max() >= meta["num_labels"]):
         problems.append("label ids outside the label range")
     if problems:

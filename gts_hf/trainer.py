@@ -201,13 +201,18 @@ class GTSTrainer(Trainer):
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
-        chunks = []
+        chunks, ids = [], []
         with torch.no_grad():
-            for batch in self.get_eval_dataloader(self.train_dataset):
+            for batch in self.get_eval_dataloader(self.train_dataset):  # sharded when there are several processes
                 inputs = {k: v for k, v in batch.items() if k not in ("labels", "example_ids")}
-                chunks.append(model(**inputs).embeddings)
+                embeddings, example_ids = self.accelerator.gather_for_metrics(
+                    (model(**inputs).embeddings, batch["example_ids"]))
+                chunks.append(embeddings)
+                ids.append(example_ids)
         model.train(was_training)
-        self.bank = torch.cat(chunks)
+        embeddings = torch.cat(chunks)
+        self.bank = embeddings.new_zeros(len(self.train_dataset), embeddings.shape[-1])
+        self.bank[torch.cat(ids).to(embeddings.device)] = embeddings  # every process holds the whole bank, in order
         self.bank_labels = torch.tensor(self.train_dataset.label_ids, device=self.bank.device)
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,

@@ -117,3 +117,26 @@ def test_mixed_single_and_pair_examples_are_refused(tmp_path):
 def test_unlabelled_file_needs_no_label(tmp_path):
     path = write_jsonl(tmp_path / "unlabeled.json", [{"content": "无标签"}])
     assert read_examples(path, require_label=False)[0].label is None
+
+
+def test_csl_keywords_become_the_second_text(tmp_path):
+    path = write_jsonl(tmp_path / "csl.json", [{"abst": "本文研究无线传感器网络", "keyword": ["传感器", "网络"],
+                                               "label": "1"}])
+    example = read_examples(path)[0]
+    assert (example.text, example.text_pair, example.label) == ("本文研究无线传感器网络", "传感器，网络", "1")
+
+
+def test_cluewsc_spans_are_marked(tmp_path):
+    record = {"text": "树叶飘入了树林，他走到了家人中间。", "label": "false",
+              "target": {"span1_text": "树叶", "span1_index": 0, "span2_text": "他", "span2_index": 8}}
+    path = write_jsonl(tmp_path / "wsc.json", [record, {**record, "target": {**record["target"], "span2_index": 3}}])
+    with pytest.raises(DataError, match=r"wsc.json:2: span2 \('他' at 3\) does not match the text"):
+        read_examples(path)
+    path = write_jsonl(tmp_path / "wsc.json", [record])
+    assert read_examples(path)[0].text == "[树叶]飘入了树林，<他>走到了家人中间。"
+
+
+def test_multiple_choice_records_are_refused_clearly(tmp_path):
+    path = write_jsonl(tmp_path / "chid.json", [{"content": "#idiom#", "candidates": ["一", "二"], "answer": 0}])
+    with pytest.raises(DataError, match="not supported yet"):
+        read_examples(path)

@@ -2,10 +2,12 @@
 
 import json
 
+import faiss
 import numpy as np
 import pytest
 
-from gts_hf.retrieval import KNNDatastore, KNNSettings, class_prototypes, fit_whitening
+from gts_hf import retrieval
+from gts_hf.retrieval import RECALL_TARGET, KNNDatastore, KNNSettings, class_prototypes, fit_whitening
 
 
 def clusters(seed: int, n_per_class: int = 10, dim: int = 4, num_labels: int = 3):
@@ -74,3 +76,53 @@ def test_mismatched_datastore_is_refused(tmp_path):
 
 def test_load_if_present_returns_none_for_a_model_without_datastore(tmp_path):
     assert KNNDatastore.load_if_present(tmp_path) is None
+
+
+# ------------------------------------------------------------------------------------------ approximate index (IVF)
+def blobs(seed: int, count: int, dim: int = 16, centres: int = 40):
+    rng = np.random.default_rng(seed)
+    means = np.random.default_rng(99).normal(size=(centres, dim)) * 3
+    which = rng.integers(0, centres, count)
+    return (means[which] + rng.normal(size=(count, dim))).astype(np.float32), which % 4
+
+
+def test_above_the_threshold_the_index_is_approximate_with_high_recall():
+    keys, labels = blobs(0, 6000)
+    approximate = KNNDatastore.build(keys, labels, 4, with_prototypes=False, exact_max_keys=1000)
+    exact = KNNDatastore(keys, labels, 4, mean=approximate.mean, projection=approximate.projection,
+                         exact_max_keys=10_000)
+    assert approximate.index_info["type"] == "ivf_flat" and exact.index_info == {"type": "flat"}
+    assert approximate.index_info["recall_at_32"] >= RECALL_TARGET
+    queries = blobs(1, 300)[0]
+    _, found = approximate.index.search(approximate.whiten(queries), 10)
+    _, truth = exact.index.search(exact.whiten(queries), 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+    assert recall >= 0.9
+    agree = (approximate.knn_probs(queries, k=8).argmax(1) == exact.knn_probs(queries, k=8).argmax(1)).mean()
+    assert agree >= 0.95
+
+
+def test_the_threshold_defaults_to_the_module_setting(monkeypatch):
+    monkeypatch.setattr(retrieval, "EXACT_MAX_KEYS", 500)
+    keys, labels = blobs(2, 2000)
+    assert KNNDatastore.build(keys, labels, 4).index_info["type"] == "ivf_flat"
+    assert KNNDatastore.build(keys[:400], labels[:400], 4, with_prototypes=False).index_info == {"type": "flat"}
+
+
+def test_approximate_index_saves_as_a_cpu_index_and_loads_identically(tmp_path):
+    keys, labels = blobs(3, 3000)
+    store = KNNDatastore.build(keys, labels, 4, with_prototypes=False, exact_max_keys=1000)
+    store.settings.lam, store.settings.k = 0.5, 6
+    store.save(tmp_path / "knn")
+    saved = json.loads((tmp_path / "knn" / "config.json").read_text())
+    assert saved["index"] == store.index_info
+    assert isinstance(faiss.read_index(str(tmp_path / "knn" / "index.faiss")), faiss.IndexIVFFlat)
+    loaded = KNNDatastore.load(tmp_path / "knn", num_labels=4, hidden_size=16)
+    assert loaded.index_info == store.index_info and loaded.index.nprobe == store.index.nprobe
+    probe = blobs(4, 50)[0]
+    np.testing.assert_allclose(loaded.knn_probs(probe), store.knn_probs(probe), atol=1e-6)
+
+
+def test_missing_neighbours_get_no_vote():
+    probs = retrieval._vote(np.array([[0.1, np.inf, np.inf]]), np.array([[1, 0, 0]]), 2, 1.0)
+    np.testing.assert_allclose(probs, [[0.0, 1.0]])
