@@ -53,7 +53,7 @@ INFERENCE_BATCH_SIZE = 64
 SETFIT_ITERATIONS = 20  # the SetFit paper's recipe, used for the baselines in docs/BENCHMARK.md
 FINETUNE_LEARNING_RATE = 1e-4  # 3e-5 underfits with a few hundred examples (docs/BENCHMARK.md)
 FINETUNE_WARMUP = 0.1
-# Fine-tuning gets the step budget GTSEngine's own fine-tuning stage gets: enough epochs for 60 steps, 4 to 30.
+# Plain fine-tuning gets enough epochs for 60 steps (4 to 30): it starts from a random head, unlike GTS's stage.
 FINETUNE_MIN_STEPS, FINETUNE_MIN_EPOCHS, FINETUNE_MAX_EPOCHS = 60, 4, 30
 
 

@@ -54,7 +54,7 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
     sub.add_argument("--max-seq-length", type=int, default=256, help="longer inputs are truncated")
-    sub.add_argument("--epochs", type=float, help="fine-tuning epochs (default: enough for ~60 steps)")
+    sub.add_argument("--epochs", type=float, help="fine-tuning epochs (default: enough for ~30 optimiser steps)")
     sub.add_argument("--learning-rate", type=float, help="encoder learning rate (default 5e-5)")
     sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
 

@@ -60,9 +60,9 @@ class EngineSettings:
     head_steps: int = 300
     head_learning_rate: float = 1e-2
     head_anchor_weight: float = 1.0
-    min_finetune_steps: int = 60
+    min_finetune_steps: int = 30
     max_epochs: int = 30
-    evaluations: int = 8
+    evaluations: int = 6
     use_knn: bool = True
     training_overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -157,10 +157,13 @@ class GTSEngine:
                              processing_class=tokenizer)
         result = trainer.train()
         best = trainer.best_on_dev
-        return {"epochs": args.num_train_epochs, "steps": result.global_step,
-                "learning_rate": args.learning_rate, "train_loss": round(result.training_loss, 4),
-                "best_epoch": best.best_epoch if best else None,
-                "best_dev_accuracy": best.best[0] if best and best.best else None}
+        summary = {"epochs": args.num_train_epochs, "steps": result.global_step,
+                   "learning_rate": args.learning_rate, "train_loss": round(result.training_loss, 4),
+                   "best_epoch": best.best_epoch if best else None,
+                   "best_dev_accuracy": best.best[0] if best and best.best else None}
+        if _num_processes() > 1:  # DDP (or FSDP, DeepSpeed) wrapped the model: the processes trained as one
+            summary["data_parallel"] = trainer.model_wrapped is not trainer.model
+        return summary
 
     def training_arguments(self, num_train: int) -> GTSTrainingArguments:
         """Fine-tuning arguments: enough epochs for ``min_finetune_steps`` optimiser steps, then the overrides."""

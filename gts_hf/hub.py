@@ -261,7 +261,8 @@ def render_model_card(
         labels=[{"name": _cell(label), "option": _cell(option)}
                 for label, option in zip(config.labels, config.label_options, strict=True)],
         examples={label: [_quote(example) for example in chosen] for label, chosen in quoted.items()},
-        has_knn=bool(knn), remote_code=include_code, remote_task=REMOTE_PIPELINE_TASK, training_rows=_training_rows(record, knn), evaluation_rows=_evaluation_rows(test_metrics),
+        has_knn=bool(knn), remote_code=include_code, remote_task=REMOTE_PIPELINE_TASK,
+        training_rows=_training_rows(record, knn), evaluation_rows=_evaluation_rows(test_metrics),
     )
 
 

@@ -136,8 +136,11 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         embeddings = self.embed(input_ids, attention_mask, **extra)
         pair_similarity = None
         if first_input_ids is not None and second_input_ids is not None:
-            first = self.embed(first_input_ids, first_attention_mask)
-            second = self.embed(second_input_ids, second_attention_mask)
+            # The sentences-apart cosine is a fixed feature (no gradient into the encoder): training learns its weight,
+            # while the encoder learns through the joint encoding; this keeps a pair step about as cheap as a single.
+            with torch.no_grad():
+                first = self.embed(first_input_ids, first_attention_mask)
+                second = self.embed(second_input_ids, second_attention_mask)
             pair_similarity = (first * second).sum(-1)
         logits = self.score(embeddings, pair_similarity)
         loss = F.cross_entropy(logits, labels) if labels is not None else None

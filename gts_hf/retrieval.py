@@ -239,12 +239,16 @@ def build_index(keys: np.ndarray, exact_max_keys: int | None = None, recall_targ
     ``nprobe`` calibrated to ``recall_target`` (recall@``recall_k`` against exact search on a sample of the keys)."""
     keys = np.ascontiguousarray(keys, dtype=np.float32)
     limit = EXACT_MAX_KEYS if exact_max_keys is None else exact_max_keys
-    if len(keys) <= max(limit, 2 * 39):  # IVF needs enough points to train its lists
-        index = faiss.IndexFlatL2(keys.shape[1])
-        index.add(keys)
-        return _maybe_to_gpu(index), {"type": "flat"}
-    index, info = _ivf_index(keys, recall_target, recall_k, seed)
-    return _maybe_to_gpu(index), info
+    if len(keys) > max(limit, 2 * 39):  # IVF needs enough points to train its lists
+        index, info = _ivf_index(keys, recall_target, recall_k, seed)
+        if info["recall"] >= recall_target:
+            return _maybe_to_gpu(index), info
+        # Keys without cluster structure: the target recall needs most lists, so exact search is as fast.
+        logger.info("approximate search would need over half of its %d lists for recall %.2f: using exact search",
+                    info["nlist"], recall_target)
+    index = faiss.IndexFlatL2(keys.shape[1])
+    index.add(keys)
+    return _maybe_to_gpu(index), {"type": "flat"}
 
 
 def _ivf_index(keys: np.ndarray, recall_target: float, recall_k: int, seed: int) -> tuple[Any, dict[str, Any]]:
@@ -260,17 +264,16 @@ def _ivf_index(keys: np.ndarray, recall_target: float, recall_k: int, seed: int)
     sample = np.sort(rng.choice(count, min(CALIBRATION_QUERIES, count), replace=False))
     k = min(recall_k, count - 1)
     _, exact = faiss.knn(keys[sample], keys, k + 1)
-    nprobe, recall = 1, 0.0
-    while True:
+    nprobe = 1
+    while True:  # up to half the lists: beyond that, exact search costs no more
         index.nprobe = nprobe
         _, approximate = index.search(keys[sample], k + 1)
         recall = _recall(approximate, exact, sample, k)
-        if recall >= recall_target or nprobe >= nlist:
+        if recall >= recall_target or 2 * nprobe > nlist // 2:
             break
-        nprobe = min(nprobe * 2, nlist)
-    if recall < recall_target:
-        logger.warning("the IVF index reaches recall@%d of %.3f only, even searching all %d lists", k, recall, nlist)
-    return index, {"type": "ivf_flat", "nlist": nlist, "nprobe": nprobe, f"recall_at_{k}": round(recall, 4)}
+        nprobe *= 2
+    return index, {"type": "ivf_flat", "nlist": nlist, "nprobe": nprobe, "recall": round(recall, 4), "recall_k": k,
+                   "calibration_queries": len(sample)}
 
 
 def _recall(approximate: np.ndarray, exact: np.ndarray, queries: np.ndarray, k: int) -> float:

@@ -184,7 +184,7 @@ def _requirements(remote_code: bool) -> str:
 
 
 def gradio_version() -> str:
-    """The installed gradio's version (the Space then runs what was tested here), else :data:`DEFAULT_GRADIO_VERSION`."""
+    """The installed gradio's version (the Space runs what was tried here), else :data:`DEFAULT_GRADIO_VERSION`."""
     try:
         return metadata.version("gradio")
     except metadata.PackageNotFoundError:

@@ -83,6 +83,19 @@ class KeepBestOnDev(TrainerCallback):
             logger.info("restored the best dev epoch %s (accuracy %.4f)", self.best_epoch, self.best[0])
 
 
+class EvaluateAtStart(TrainerCallback):
+    """Evaluates the untrained model (zero-shot or head-only: a candidate for the best dev step too) once training has
+    begun. Not before `train`: an evaluation first would leave Accelerate taking the model for prepared, and DDP would
+    never wrap it (several processes would then train apart, each on its shard)."""
+
+    def __init__(self, trainer: "GTSTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                       **kwargs: Any) -> None:
+        self.trainer.evaluate()
+
+
 class ContrastiveBank(TrainerCallback):
     """Re-embeds the whole training set at the start of each epoch (the memory bank of kNN-expanded contrast)."""
 
@@ -152,6 +165,7 @@ class GTSTrainer(Trainer):
         self.best_on_dev = KeepBestOnDev(model) if args.select_on_dev and self.eval_dataset is not None else None
         if self.best_on_dev:
             self.add_callback(self.best_on_dev)
+            self.add_callback(EvaluateAtStart(self))
         self.bank: torch.Tensor | None = None
         if args.contrastive_weight > 0 and args.contrastive_bank_positives > 0:
             self.add_callback(ContrastiveBank(self))
@@ -192,11 +206,6 @@ class GTSTrainer(Trainer):
         return self.optimizer
 
     # ------------------------------------------------------------------------------------------------------- train
-    def train(self, *args: Any, **kwargs: Any) -> Any:
-        if self.best_on_dev is not None:
-            self.evaluate()  # the untrained model (zero-shot or head-only) is a candidate too
-        return super().train(*args, **kwargs)
-
     def refresh_bank(self) -> None:
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training

@@ -37,7 +37,7 @@ class GTSTrainingArguments(TrainingArguments):
         default=True, metadata={"help": "Freeze the word-embedding matrix (most of a multilingual encoder's "
                                         "parameters): same accuracy, much faster steps."})
     train_top_layers: int | None = field(
-        default=None, metadata={"help": "Fine-tune only the top N transformer layers (the rest stay frozen): far "
+        default=4, metadata={"help": "Fine-tune only the top N transformer layers (the rest stay frozen): far "
                                         "cheaper steps on CPUs; None trains them all."})
     rdrop_alpha: float = field(default=1.0, metadata={"help": "Weight of R-Drop's symmetric KL (0: off)."})
     mixup_alpha: float = field(default=0.4, metadata={"help": "Beta(α, α) of embedding mixup (0: off)."})

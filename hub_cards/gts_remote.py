@@ -82,9 +82,6 @@ class KNNDatastore:
         self.num_labels = int(meta["num_labels"])
         self.labels, self.mean, self.projection = tensors["labels"], tensors["mean"], tensors["projection"]
         self.keys, self.index = tensors.get("keys"), index
-        if self.index is None and self.keys is None:
-            raise ImportError("this kNN datastore stores no keys (gts-hf < 0.2): `pip install faiss-cpu` to read its "
-                              "faiss index")
 
     @classmethod
     def load(cls, model_path: str, **hub_options: Any) -> "KNNDatastore | None":
@@ -95,9 +92,12 @@ class KNNDatastore:
         with open(config_file, encoding="utf-8") as file:
             meta = json.load(file)
         tensors = load_file(cached_file(model_path, KNN_TENSORS, **hub_options))
-        use_faiss = faiss is not None or "keys" not in tensors
-        index = faiss.read_index(cached_file(model_path, KNN_INDEX, **hub_options)) if use_faiss else None
-        return cls(meta, tensors, index)
+        if faiss is not None:
+            return cls(meta, tensors, faiss.read_index(cached_file(model_path, KNN_INDEX, **hub_options)))
+        if "keys" not in tensors:
+            raise ImportError("this kNN datastore was saved without its keys (by an older gts-hf): `pip install "
+                              "faiss-cpu` to search its faiss index")
+        return cls(meta, tensors)
 
     def whiten(self, vectors: np.ndarray) -> np.ndarray:
         projected = (np.asarray(vectors, dtype=np.float32) - self.mean) @ self.projection
@@ -109,7 +109,9 @@ class KNNDatastore:
         queries = np.ascontiguousarray(self.whiten(embeddings))
         if self.index is not None:
             distances, indices = self.index.search(queries, k)
-        else:
+            missing = indices < 0  # an approximate (IVF) index can return fewer than k neighbours: no vote for them
+            distances, indices = np.where(missing, np.inf, distances), np.where(missing, 0, indices)
+        else:  # exact search, also where gts-hf searches an approximate index (datastores of over 20,000 keys)
             all_distances = ((queries[:, None, :].astype(np.float64) - self.keys[None, :, :]) ** 2).sum(-1)
             indices = np.argsort(all_distances, axis=1, kind="stable")[:, :k]
             distances = np.take_along_axis(all_distances, indices, axis=1)

@@ -54,7 +54,7 @@ def test_two_processes_write_one_complete_model(tiny_student, sentiment_dir, tmp
             "knn/index.faiss", "knn/datastore.safetensors", "knn/config.json"} <= files
     record = json.loads((output / RECORD_FILE).read_text())
     assert record["distributed"] == {"num_processes": 2, "replicas_identical": True}
-    assert record["finetune"]["steps"] >= 1
+    assert record["finetune"]["steps"] >= 1 and record["finetune"]["data_parallel"] is True
 
     model, tokenizer = load_trained(output)
     examples = load_task(sentiment_dir).test

@@ -81,7 +81,9 @@ def _local_files(folder: Path) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------------------------------------- push
 @xet_modes
 def test_push_model_uploads_folder_and_card_in_one_commit(use_xet, loopback_hub, hub_repo_id, model_dir, task_dir):
-    info = push_model(model_dir, hub_repo_id, commit_message="Add the sentiment model", data_dir=task_dir)
+    # Data only: the remote-code module and its config entries are tested in tests/test_remote_code.py.
+    info = push_model(model_dir, hub_repo_id, commit_message="Add the sentiment model", data_dir=task_dir,
+                      include_code=False)
 
     local = _local_files(model_dir)
     assert loopback_hub.list_files(hub_repo_id) == sorted([*local, ".gitattributes", "README.md"])
@@ -102,7 +104,8 @@ def test_push_model_uploads_folder_and_card_in_one_commit(use_xet, loopback_hub,
     assert card.data.widget and {item["text"] for item in card.data.widget} <= set(POSITIVE[:5] + NEGATIVE[:5])
 
     stats = loopback_hub.upload_stats(hub_repo_id)
-    again = push_model(model_dir, hub_repo_id, commit_message="Nothing changed", data_dir=task_dir)
+    again = push_model(model_dir, hub_repo_id, commit_message="Nothing changed", data_dir=task_dir,
+                       include_code=False)
     assert loopback_hub.upload_stats(hub_repo_id).uploaded_bytes == stats.uploaded_bytes
     assert again.oid == loopback_hub.head(hub_repo_id) == info.oid  # no new commit either
 
@@ -119,7 +122,8 @@ def test_hub_model_predicts_like_the_local_one(use_xet, hub_repo_id, model_dir, 
     np.testing.assert_allclose(_pipeline_probabilities(classifier), reference, atol=TOLERANCE, rtol=0)
 
     downloaded = _local_files(Path(snapshot_download(hub_repo_id, local_dir=tmp_path / "snapshot")))
-    assert all(downloaded[path] == data for path, data in _local_files(model_dir).items())
+    assert all(downloaded[path] == data for path, data in _local_files(model_dir).items()
+               if path != "config.json")  # the pushed config also points trust_remote_code users at gts_remote.py
 
 
 @xet_modes
