@@ -10,7 +10,8 @@
     with ``GTSEngine(mode="fast")`` on train_0/dev_0 with the packaged e5 student), the raw forward of that model on
     the same length-sorted batches, SetFit's ``predict`` (e5 body, logistic-regression head fitted on 32
     embeddings) and ``pipeline("text-classification")`` on ``AutoModelForSequenceClassification`` built from the
-    same e5 folder (random head). Texts/second, best of ``--repeats`` timed passes after a 16-text warm-up.
+    same e5 folder (random head). Texts/second, each method's best of ``--repeats`` interleaved rounds after a
+    16-text warm-up.
 
 The load average is recorded before and after each part: on a shared machine, timings are only comparable within
 one run.
@@ -114,14 +115,26 @@ def read_texts(path: Path, count: int) -> list[str]:
     return texts[:count]
 
 
-def best_rate(function: Callable[[list[str]], Any], texts: list[str], repeats: int) -> dict[str, float]:
-    function(texts[:16])  # warm-up (first-call allocations, lazy imports)
-    seconds = min(timed(lambda: function(texts))[1] for _ in range(repeats))
-    return {"texts_per_second": round(len(texts) / seconds, 2), "seconds": round(seconds, 3)}
+def interleaved_rates(methods: dict[str, tuple[Callable[[list[str]], Any], list[str]]],
+                      repeats: int) -> dict[str, dict[str, float]]:
+    """Texts/second of each method: a 16-text warm-up each, then ``repeats`` rounds that time every method once in
+    turn (so a busy spell on a shared machine hits all of them), keeping each method's fastest pass."""
+    for function, texts in methods.values():
+        function(texts[:16])
+    best = {name: float("inf") for name in methods}
+    for _ in range(repeats):
+        for name, (function, texts) in methods.items():
+            best[name] = min(best[name], timed(lambda: function(texts))[1])
+    return {name: {"texts_per_second": round(len(methods[name][1]) / seconds, 2), "seconds": round(seconds, 3)}
+            for name, seconds in best.items()}
+
+
+PIPELINE, RAW = "gts-hf pipeline('gts-few-shot')", "raw forward of the same model (same sorted batches)"
 
 
 def inference_rows(data_dir: Path, count: int, repeats: int) -> dict[str, Any]:
     import torch
+    from setfit import SetFitModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
     import gts_hf  # noqa: F401  (registers the gts-few-shot pipeline)
@@ -130,55 +143,51 @@ def inference_rows(data_dir: Path, count: int, repeats: int) -> dict[str, Any]:
 
     texts = read_texts(data_dir / "test_public.json", count)
     task = load_task(train=data_dir / "train_0.json", dev=data_dir / "dev_0.json")
-    results: dict[str, Any] = {"texts": len(texts), "batch_size": BATCH_SIZE, "data": str(data_dir / "test_public.json"),
+    results: dict[str, Any] = {"texts": len(texts), "batch_size": BATCH_SIZE, "repeats": repeats,
+                               "data": str(data_dir / "test_public.json"),
                                "mean_chars": round(float(np.mean([len(text) for text in texts])), 1)}
     with tempfile.TemporaryDirectory() as folder:
         trained, train_seconds = timed(lambda: GTSEngine(mode="fast").train(task, output_dir=Path(folder) / "model"))
         results["gts_fast_train_s"] = round(train_seconds, 2)
         classifier = pipeline("gts-few-shot", model=str(Path(folder) / "model"))
     model, tokenizer, config = classifier.model, classifier.tokenizer, classifier.model.config
-    rows = {}
-    rows["gts-hf pipeline('gts-few-shot')"] = best_rate(lambda some: classifier(some, batch_size=BATCH_SIZE), texts,
-                                                        repeats)
 
     @torch.no_grad()
     def raw_forward(some: list[str]) -> None:
         order = np.argsort([-len(text) for text in some], kind="stable")  # the order `predict` batches in
-        batches = [[config.query_prefix + some[i] for i in order[begin:begin + BATCH_SIZE]]
-                   for begin in range(0, len(some), BATCH_SIZE)]
         model.eval()
-        for batch in batches:
+        for begin in range(0, len(some), BATCH_SIZE):
+            batch = [config.query_prefix + some[i] for i in order[begin:begin + BATCH_SIZE]]
             inputs = tokenizer(batch, padding=True, truncation=True, max_length=config.max_seq_length,
                                return_tensors="pt")
             model(**inputs)
 
-    rows["raw forward of the same model (same sorted batches)"] = best_rate(raw_forward, texts, repeats)
-
     path = resolve_model_path(DEFAULT_STUDENT)
     prefix = backbone_info(DEFAULT_STUDENT)["query_prefix"]
     prefixed = [prefix + text for text in texts]  # the texts as e5 expects them (gts-hf adds the prefix itself)
-    from setfit import SetFitModel
-
     setfit = SetFitModel.from_pretrained(path)
     setfit.model_body.max_seq_length = config.max_seq_length
-    train_texts = [prefix + example.text for example in task.train]
-    setfit.model_head.fit(setfit.model_body.encode(train_texts, show_progress_bar=False),
-                          task.label_ids(task.train))
-    rows["SetFit predict (e5 body + LR head)"] = best_rate(
-        lambda some: setfit.predict(some, batch_size=BATCH_SIZE, show_progress_bar=False), prefixed, repeats)
-    del setfit
-
+    setfit.model_head.fit(setfit.model_body.encode([prefix + example.text for example in task.train],
+                                                   show_progress_bar=False), task.label_ids(task.train))
     sequence = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(task.labels))
     text_classifier = pipeline("text-classification", model=sequence, tokenizer=AutoTokenizer.from_pretrained(path),
                                device=-1)
-    rows["transformers pipeline('text-classification') (random head)"] = best_rate(
-        lambda some: text_classifier(some, batch_size=BATCH_SIZE, truncation=True, max_length=config.max_seq_length),
-        prefixed, repeats)
-    results["rows"] = rows
-    pipeline_rate = rows["gts-hf pipeline('gts-few-shot')"]["texts_per_second"]
-    raw_rate = rows["raw forward of the same model (same sorted batches)"]["texts_per_second"]
-    results["pipeline_over_raw"] = round(pipeline_rate / raw_rate, 3)
+    methods = {
+        PIPELINE: (lambda some: classifier(some, batch_size=BATCH_SIZE), texts),
+        RAW: (raw_forward, texts),
+        "SetFit predict (e5 body + LR head)": (
+            lambda some: setfit.predict(some, batch_size=BATCH_SIZE, show_progress_bar=False), prefixed),
+        "transformers pipeline('text-classification') (random head)": (
+            lambda some: text_classifier(some, batch_size=BATCH_SIZE, truncation=True,
+                                         max_length=config.max_seq_length), prefixed),
+    }
+    results["rows"] = interleaved_rates(methods, repeats)
+    results["pipeline_over_raw"] = round(results["rows"][PIPELINE]["texts_per_second"] /
+                                         results["rows"][RAW]["texts_per_second"], 3)
     results["knn"] = {key: trained.record["knn"].get(key) for key in ("size", "k", "lambda")}
+    if model.knn is not None:  # the kNN step's own cost for all texts (the pipeline skips it when λ = 0)
+        vectors = np.random.default_rng(0).standard_normal((len(texts), config.hidden_size)).astype(np.float32)
+        results["knn"]["vote_seconds_all_texts"] = round(timed(lambda: model.knn.knn_probs(vectors, k=8))[1], 4)
     return results
 
 
@@ -218,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000, help="queries per size")
     parser.add_argument("--hnsw-max-size", type=int, default=100_000, help="measure HNSW up to this size")
     parser.add_argument("--texts", type=int, default=512, help="texts for the inference comparison")
-    parser.add_argument("--repeats", type=int, default=1, help="timed passes per inference method (best kept)")
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="interleaved timed rounds over the inference methods (each method's best kept)")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "fewclue" / "eprstmt"))
     parser.add_argument("--skip-retrieval", action="store_true")
     parser.add_argument("--skip-inference", action="store_true")
