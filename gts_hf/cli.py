@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_push(commands)
     _add_space(commands)
     _add_bench(commands)
+    _add_label_pool(commands)
     return parser
 
 
@@ -160,6 +161,20 @@ def _add_bench(commands: Any) -> None:
     suites.add_parser("report", parents=[report], help="only regenerate RESULTS.md and the plot")
 
 
+def _add_label_pool(commands: Any) -> None:
+    sub = _command(commands, "label-pool", run_label_pool,
+                   "Label a large unlabelled JSON-lines pool, streamed in resumable shards (safetensors + manifest).")
+    sub.add_argument("--model", required=True, help="a trained model folder or Hub id")
+    sub.add_argument("--input", required=True, help="the pool: one JSON object per line (labels, if any, are ignored)")
+    sub.add_argument("--output-dir", required=True, help="shard-NNNNN.safetensors and manifest.json go here; rerun "
+                                                         "into it to resume")
+    sub.add_argument("--shard-size", type=int, default=10_000, help="texts per shard (default 10000)")
+    sub.add_argument("--batch-size", type=int, default=64)
+    sub.add_argument("--no-knn", action="store_true", help="use the model alone, without the kNN datastore")
+    sub.add_argument("--overwrite", action="store_true", help="discard the output folder's earlier shards instead "
+                                                              "of resuming")
+
+
 # -------------------------------------------------------------------------------------------------------- commands
 def run_train(args: argparse.Namespace) -> None:
     from .data import load_task
@@ -270,6 +285,18 @@ def run_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench_command
 
     return run_bench_command(args)
+
+
+def run_label_pool(args: argparse.Namespace) -> None:
+    from .engine import load_trained
+    from .pool import label_pool
+
+    model, tokenizer = load_trained(args.model)
+    result = label_pool(model, tokenizer, args.input, args.output_dir, shard_size=args.shard_size,
+                        batch_size=args.batch_size, use_knn=not args.no_knn, overwrite=args.overwrite)
+    counts = ", ".join(f"{label} {count}" for label, count in result.label_counts.items())
+    print(f"labelled {result.num_texts} texts in {result.num_shards} shards ({len(result.computed_shards)} computed, "
+          f"{result.reused_shards} reused) in {result.seconds:.1f}s; {counts}; written to {result.output_dir}")
 
 
 def _format_metrics(metrics: dict[str, Any]) -> str:
