@@ -115,16 +115,23 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 def _read_json_lines(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
     records = []
     for line_number, line in enumerate(text.split("\n"), start=1):  # not splitlines(): texts may hold U+2028
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"malformed JSON ({error.msg} at column {error.colno})", path, line_number) from None
-        if not isinstance(record, dict):
-            raise DataError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
-        records.append((line_number, record))
+        record = parse_json_line(line, path, line_number)
+        if record is not None:
+            records.append((line_number, record))
     return records
+
+
+def parse_json_line(line: str, path: str | Path, line_number: int) -> dict[str, Any] | None:
+    """One JSON-lines record (``None`` for a blank line), with errors naming the file and line."""
+    if not line.strip():
+        return None
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"malformed JSON ({error.msg} at column {error.colno})", path, line_number) from None
+    if not isinstance(record, dict):
+        raise DataError(f"expected a JSON object, got {type(record).__name__}", path, line_number)
+    return record
 
 
 def _read_json_array(path: Path, text: str) -> list[tuple[int, dict[str, Any]]]:

@@ -35,7 +35,7 @@ import torch
 from safetensors.numpy import load_file, save
 from tqdm.auto import tqdm
 
-from .data import DataError, Example, parse_example
+from .data import DataError, Example, parse_example, parse_json_line
 from .inference import predict
 
 logger = logging.getLogger(__name__)
@@ -213,14 +213,9 @@ def _stream(path: Path, offset: int = 0, line: int = 0,
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as error:
                 raise DataError(f"not UTF-8 text ({error.reason} at byte {error.start})", path, line) from None
-            if not text.strip():
+            record = parse_json_line(text, path, line)
+            if record is None:
                 continue
-            try:
-                record = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise DataError(f"malformed JSON ({error.msg} at column {error.colno})", path, line) from None
-            if not isinstance(record, dict):
-                raise DataError(f"expected a JSON object, got {type(record).__name__}", path, line)
             example = parse_example(record, path, line, require_label=False)
             if is_pair is not None and (example.text_pair is not None) != is_pair:
                 raise DataError("this model classifies sentence pairs: the record needs two texts (e.g. sentence1 and "
