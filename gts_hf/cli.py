@@ -60,6 +60,11 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
 
 
+def _add_precision(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                     help="auto: bf16 on GPUs, fp32 on CPUs; bf16 also on CPUs (fast where they have native bf16)")
+
+
 def _add_train(commands: Any) -> None:
     sub = _command(commands, "train", run_train, "Train a few-shot classifier from a GTS-Engine data folder.")
     sub.add_argument("--data-dir", help="folder with train.json, dev.json, labels.json, optional test.json and "
@@ -78,6 +83,7 @@ def _add_evaluate(commands: Any) -> None:
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--no-knn", action="store_true", help="use the model alone, without the kNN datastore")
     sub.add_argument("--batch-size", type=int, default=64)
+    _add_precision(sub)
 
 
 def _add_predict(commands: Any) -> None:
@@ -86,6 +92,7 @@ def _add_predict(commands: Any) -> None:
     sub.add_argument("--input", required=True, help="texts to classify (labels, if present, are ignored)")
     sub.add_argument("--output", required=True, help='writes {"predictions": [...], "probabilities": [[...]]}')
     sub.add_argument("--batch-size", type=int, default=64)
+    _add_precision(sub)
 
 
 def _add_demo(commands: Any) -> None:
@@ -211,7 +218,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     model, tokenizer = load_trained(args.model)
     examples = read_examples(args.data)
-    metrics = evaluate_examples(model, tokenizer, examples, batch_size=args.batch_size, use_knn=not args.no_knn)
+    metrics = evaluate_examples(model, tokenizer, examples, batch_size=args.batch_size, use_knn=not args.no_knn,
+                                precision=args.precision)
     print(json.dumps(metrics) if args.json else _format_metrics(metrics))
 
 
@@ -222,7 +230,8 @@ def run_predict(args: argparse.Namespace) -> None:
 
     model, tokenizer = load_trained(args.model)
     examples = read_examples(args.input, require_label=False)
-    result = predict(model, tokenizer, examples, batch_size=args.batch_size, show_progress=True)
+    result = predict(model, tokenizer, examples, batch_size=args.batch_size, show_progress=True,
+                     precision=args.precision)
     labels = model.config.labels
     output = {"predictions": [labels[i] for i in result.label_ids],
               "probabilities": [[round(float(p), 6) for p in row] for row in result.probabilities]}

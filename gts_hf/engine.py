@@ -219,14 +219,14 @@ def attach_knn(model: GTSForFewShotClassification, tokenizer: Any, task: FewShot
 
 
 def evaluate_examples(model: GTSForFewShotClassification, tokenizer: Any, examples: list[Example],
-                      batch_size: int = 64, use_knn: bool = True) -> dict[str, float]:
+                      batch_size: int = 64, use_knn: bool = True, precision: str = "auto") -> dict[str, float]:
     """Accuracy, macro-F1, count and texts/second on labelled examples."""
     label2id = model.config.label2id
     unknown = [example for example in examples if example.label not in label2id]
     if unknown:
         raise ValueError(f"{unknown[0].source}: label {unknown[0].label!r} is not one of the model's labels "
                          f"{model.config.labels}")
-    predictions = predict(model, tokenizer, examples, batch_size=batch_size, use_knn=use_knn,
+    predictions = predict(model, tokenizer, examples, batch_size=batch_size, use_knn=use_knn, precision=precision,
                           show_progress=len(examples) > 500)
     gold = np.asarray([label2id[example.label] for example in examples])
     metrics = classification_metrics(gold, predictions.label_ids, len(model.config.labels))

@@ -180,6 +180,59 @@ class GTSTrainer(Trainer):
             return classification_metrics(prediction.label_ids, np.argmax(logits, axis=-1), num_labels)
         return compute_metrics
 
+    # ------------------------------------------------------------------------------------------------------- hub
+    def push_to_hub(self, repo_id: str | None = None, commit_message: str | None = "End of training",
+                    private: bool | None = None, revision: str | None = None, token: str | None = None,
+                    **kwargs: Any) -> Any:
+        """Upload the trained model as a complete gts-hf model (weights, config, tokenizer, the kNN datastore when
+        attached, a training record and the gts-hf model card) in one commit, via :func:`gts_hf.hub.push_model`.
+
+        ``repo_id`` defaults to ``args.hub_model_id``; extra keyword arguments (``license``, ``datasets``,
+        ``data_dir``, ``include_code``, ``examples``) go to ``push_model``. Only the main process pushes (the others
+        return ``None``). Returns the :class:`~huggingface_hub.CommitInfo`.
+        """
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from .hub import RECORD_FILE, push_model
+
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ValueError("push_to_hub needs a repo_id (or GTSTrainingArguments.hub_model_id)")
+        if not self.is_world_process_zero():
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        if "examples" not in kwargs and "data_dir" not in kwargs:
+            kwargs["examples"] = getattr(self.train_dataset, "examples", None)
+        with tempfile.TemporaryDirectory(prefix="gts-hf-trainer-") as folder:
+            model.save_pretrained(folder)
+            self.processing_class.save_pretrained(folder)
+            record_path = Path(folder) / RECORD_FILE
+            if not record_path.is_file():
+                record_path.write_text(json.dumps(self._training_record(model), indent=2, ensure_ascii=False) + "\n",
+                                       encoding="utf-8")
+            return push_model(folder, repo_id, private=bool(private), revision=revision,
+                              commit_message=commit_message, token=token if token is not None else self.args.hub_token,
+                              **kwargs)
+
+    def _training_record(self, model: Any) -> dict[str, Any]:
+        """A minimal ``gts_training.json`` from what the trainer knows (read by the model card)."""
+        config = model.config
+        record: dict[str, Any] = {
+            "mode": "trainer", "student": config.base_model, "labels": list(config.labels),
+            "label_options": list(config.label_options), "task_type": config.task_type,
+            "num_train": len(self.train_dataset) if self.train_dataset is not None else 0,
+            "num_dev": len(self.eval_dataset) if self.eval_dataset is not None else 0,
+            "seed": self.args.seed,
+        }
+        if self.best_on_dev is not None and self.best_on_dev.best is not None:
+            record["best_dev_epoch"] = self.best_on_dev.best_epoch
+            record["best_dev_accuracy"] = self.best_on_dev.best[0]
+        if getattr(model, "knn", None) is not None:
+            record["knn"] = {}
+        return record
+
     # ----------------------------------------------------------------------------------------------------- optimiser
     def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
         """AdamW with a higher learning rate for the option head than for the encoder."""

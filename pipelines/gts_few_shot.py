@@ -37,7 +37,8 @@ class GTSFewShotPipeline(Pipeline):
     """Text (or text-pair) classification with a GTS student.
 
     Call arguments: ``top_k`` (labels per input; default: the best label as a dict), ``use_knn`` (interpolate the kNN
-    datastore's vote, default ``True``), ``batch_size`` (default 32). Inputs are sorted by length and batched.
+    datastore's vote, default ``True``), ``batch_size`` (default 32), ``precision`` (``"auto"``: bf16 on GPUs;
+    ``"bf16"`` also on CPUs). Inputs are sorted by length and batched.
     """
 
     _load_processor = False
@@ -50,14 +51,14 @@ class GTSFewShotPipeline(Pipeline):
         return {}, {}, postprocess
 
     def __call__(self, inputs: Any, top_k: int | None = None, use_knn: bool = True, batch_size: int | None = None,
-                 **kwargs: Any) -> Any:
+                 precision: str = "auto", **kwargs: Any) -> Any:
         single = isinstance(inputs, (str, dict, Example)) or _is_pair_tuple(inputs)
         examples = [to_example(inputs)] if single else [to_example(item) for item in _as_list(inputs)]
         for example in examples:
             if not example.text.strip():
                 raise ValueError("gts-few-shot got an empty text")
         predictions = predict(self.model, self.tokenizer, examples, batch_size=batch_size or self._batch_size or 32,
-                              use_knn=use_knn)
+                              use_knn=use_knn, precision=precision)
         results = [self._format(row, top_k) for row in predictions.probabilities]
         if single:
             return results[0] if top_k is not None else [results[0]]

@@ -72,3 +72,10 @@ def test_evaluate_with_unknown_labels(trained_dir, tmp_path, capsys):
     data = write_jsonl(tmp_path / "odd.json", [{"content": "很好", "label": "neutral"}])
     assert run("evaluate", "--model", trained_dir, "--data", data) == 2
     assert "odd.json:1: label 'neutral' is not one of the model's labels" in capsys.readouterr().err
+
+
+def test_evaluate_in_bf16(trained_dir, sentiment_dir, capsys):
+    capsys.readouterr()
+    assert run("evaluate", "--model", trained_dir, "--data", sentiment_dir / "test.json", "--json",
+               "--precision", "bf16") == 0
+    assert json.loads(capsys.readouterr().out.strip())["n"] == 6

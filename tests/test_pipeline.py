@@ -72,3 +72,14 @@ def test_new_process_gives_the_same_predictions(model_dir):
     for mine, theirs in zip(here, there):
         assert [i["label"] for i in mine] == [i["label"] for i in theirs]
         np.testing.assert_allclose([i["score"] for i in mine], [i["score"] for i in theirs], atol=1e-6)
+
+
+def test_bf16_on_cpu_agrees_with_full_precision(model_dir):
+    classifier = pipeline("gts-few-shot", model=str(model_dir))
+    texts = ["很好", "质量太差了，用了两天就坏了", "物流很快"]
+    full = classifier(texts, top_k=2, precision="fp32")
+    half = classifier(texts, top_k=2, precision="bf16")
+    for a, b in zip(full, half):
+        np.testing.assert_allclose([i["score"] for i in a], [i["score"] for i in b], atol=0.05)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        classifier("很好", precision="fp8")
