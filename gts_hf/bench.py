@@ -684,7 +684,9 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
     tasks = [task for (ratio_suite, task) in ratios if ratio_suite == suite]
     if not tasks:
         return []
-    lines = ["", "Training time relative to SetFit (mean of per-split ratios; compare runs made under the same load, see each JSON's date and threads):", "",
+    heading = ("Training time relative to SetFit (mean of per-split ratios; meaningful for runs made under the same "
+               "load: see each JSON's date and threads):")
+    lines = ["", heading, "",
              "| task | " + " | ".join(f"{method} / setfit" for method in GTS_METHODS) + " |",
              "|---|" + "---|" * len(GTS_METHODS)]
     for task in sorted(tasks):
