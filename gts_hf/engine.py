@@ -118,15 +118,7 @@ class GTSEngine:
         if task.test:
             trained.test_metrics = evaluate_examples(model, tokenizer, task.test)
         if output_dir is not None:
-            if _num_processes() == 1:
-                trained.output_dir = save_trained(trained, Path(output_dir))
-            else:  # one writer; the others wait until the folder is complete
-                from accelerate import PartialState
-
-                if PartialState().is_main_process:
-                    save_trained(trained, Path(output_dir))
-                PartialState().wait_for_everyone()
-                trained.output_dir = Path(output_dir)
+            trained.output_dir = _save_from_main_process(trained, Path(output_dir))
         return trained
 
     def build_student(self, task: FewShotTask) -> tuple[GTSForFewShotClassification, Any]:
@@ -257,6 +249,18 @@ def save_trained(trained: TrainedModel, output_dir: Path) -> Path:
         _swap_into_place(staging, output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return output_dir
+
+
+def _save_from_main_process(trained: TrainedModel, output_dir: Path) -> Path:
+    """One writer; with several processes the others wait until the folder is complete."""
+    if _num_processes() == 1:
+        return save_trained(trained, output_dir)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        save_trained(trained, output_dir)
+    PartialState().wait_for_everyone()
     return output_dir
 
 

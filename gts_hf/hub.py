@@ -23,7 +23,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundE
 from .configuration import GTSConfig
 from .data import Example, as_examples, load_task
 from .engine import EVAL_FILE, RECORD_FILE
+from .hub_cards import template_bytes, template_text
 from .retrieval import CONFIG_FILE, KNN_DIRNAME, KNN_FILES
 
 LIBRARY_NAME = "gts-hf"
@@ -197,7 +197,7 @@ def remote_code_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def remote_code_module() -> bytes:
     """The source of the self-contained module uploaded as :data:`REMOTE_CODE_FILE`."""
-    return resources.files("gts_hf.hub_cards").joinpath(REMOTE_CODE_FILE).read_bytes()
+    return template_bytes(REMOTE_CODE_FILE)
 
 
 def _write_new_file(path: Path, data: bytes) -> None:
@@ -254,7 +254,7 @@ def render_model_card(
     knn = _read_json(model_dir / KNN_CONFIG)
     quoted = _examples_per_label(_load_examples(examples, data_dir), config.labels, per_label)
     card_data = _card_data(config, record, test_metrics, repo_id, quoted, license, datasets)
-    template = resources.files("gts_hf.hub_cards").joinpath(CARD_TEMPLATE).read_text(encoding="utf-8")
+    template = template_text(CARD_TEMPLATE)
     return ModelCard.from_template(
         card_data, template_str=template, repo_id=repo_id, model_name=repo_id.split("/")[-1],
         task_summary=_task_summary(config), student=_model_link(record.get("student") or config.base_model),

@@ -17,7 +17,7 @@ import json
 import os
 import pprint
 from dataclasses import dataclass
-from importlib import metadata, resources
+from importlib import metadata
 from pathlib import Path
 from string import Template
 from typing import Any, Sequence
@@ -27,6 +27,7 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 
 from . import __version__
 from .configuration import GTSConfig
+from .hub_cards import template_text
 from .hub import DEFAULT_LICENSE, HUB_URL, hub_model_id
 
 APP_FILE, README_FILE, REQUIREMENTS_FILE = "app.py", "README.md", "requirements.txt"
@@ -120,7 +121,7 @@ def describe_model(model: str | os.PathLike, revision: str | None = None, token:
 
 def render_app(settings: dict[str, Any]) -> str:
     """``app.py``: the template with its ``SETTINGS`` line replaced by ``settings`` (a Python literal)."""
-    template = _template(APP_TEMPLATE)
+    template = template_text(APP_TEMPLATE)
     if template.count(SETTINGS_LINE) != 1:
         raise RuntimeError(f"the template {APP_TEMPLATE} lost its settings line {SETTINGS_LINE!r}")
     literal = pprint.pformat(settings, width=100, sort_dicts=False)
@@ -173,13 +174,13 @@ def _space_card(summary: ModelSummary, title: str, description: str, max_chars: 
                          license=summary.license, models=[summary.hub_id] if summary.hub_id else None,
                          tags=["gts-hf", "few-shot", "text-classification"], emoji=emoji, colorFrom=colors[0],
                          colorTo=colors[1], pinned=False)
-    return SpaceCard.from_template(data, template_str=_template(README_TEMPLATE), title=title,
+    return SpaceCard.from_template(data, template_str=template_text(README_TEMPLATE), title=title,
                                    description=description, pair=summary.is_pair, max_chars=max_chars)
 
 
 def _requirements(remote_code: bool) -> str:
     model_requirements = REMOTE_CODE_REQUIREMENTS if remote_code else (f"gts-hf=={__version__}",)
-    return Template(_template(REQUIREMENTS_TEMPLATE)).substitute(
+    return Template(template_text(REQUIREMENTS_TEMPLATE)).substitute(
         gradio_version=gradio_version(), model_requirements="\n".join(model_requirements))
 
 
@@ -189,10 +190,6 @@ def gradio_version() -> str:
         return metadata.version("gradio")
     except metadata.PackageNotFoundError:
         return DEFAULT_GRADIO_VERSION
-
-
-def _template(name: str) -> str:
-    return resources.files("gts_hf.hub_cards").joinpath(name).read_text(encoding="utf-8")
 
 
 # --------------------------------------------------------------------------------------------------------- pushing

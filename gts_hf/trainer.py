@@ -300,8 +300,7 @@ class GTSTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def _augment(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        rates = [rate for rate in self.args.mask_rates]
-        rate = random.choice(rates) if rates else 0.0
+        rate = random.choice(self.args.mask_rates) if self.args.mask_rates else 0.0
         if rate <= 0:
             return inputs
         masked = dict(inputs)
