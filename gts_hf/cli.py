@@ -50,8 +50,9 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 
 
 def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
-    sub.add_argument("--mode", choices=("fast", "standard"), default=mode,
-                     help="fast: head + kNN on frozen embeddings; standard: + fine-tuning with GTS's recipe")
+    sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
+                     help="fast: head + kNN on frozen embeddings; standard: + fine-tuning with GTS's recipe; "
+                          "advanced: + a teacher and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
     sub.add_argument("--max-seq-length", type=int, default=256, help="longer inputs are truncated")
@@ -72,8 +73,32 @@ def _add_train(commands: Any) -> None:
     sub.add_argument("--output-dir", required=True, help="where the model goes (replaced only after success)")
     for name in ("train", "dev", "test", "labels", "unlabeled"):
         sub.add_argument(f"--{name}", help=f"the {name} file (JSON lines, JSON or CSV), overriding --data-dir's")
-    sub.add_argument("--task-type", choices=("auto", "classification", "similarity", "nli"), default="auto")
+    sub.add_argument("--task-type", choices=("auto", "classification", "similarity", "nli", "multiple_choice"),
+                     default="auto")
     _add_training_options(sub)
+    _add_advanced_options(sub)
+
+
+def _add_advanced_options(sub: argparse.ArgumentParser) -> None:
+    from .backbones import DEFAULT_LLM
+
+    group = sub.add_argument_group("advanced mode (Generator-Teacher-Student)")
+    group.add_argument("--teacher", default=DEFAULT_LLM,
+                       help=f"causal LM that labels texts (Hub id, folder or 'none'; default {DEFAULT_LLM}, offline "
+                            "from the `advanced` extra)")
+    group.add_argument("--generator", default=DEFAULT_LLM, help="chat LM that writes new texts ('none': do not "
+                                                                 "generate; default: the teacher's model)")
+    group.add_argument("--teacher-lora", action="store_true", help="fine-tune the teacher on the gold examples "
+                                                                    "with LoRA first")
+    group.add_argument("--lora-rank", type=int, default=8)
+    group.add_argument("--lora-alpha", type=int, default=16)
+    group.add_argument("--lora-targets", default="q_proj,v_proj", help="comma-separated module names")
+    group.add_argument("--max-pool", type=int, default=600, help="unlabelled texts sampled for the teacher")
+    group.add_argument("--generate-per-label", type=int, default=32, help="new texts asked per label")
+    group.add_argument("--paraphrases", type=int, default=1, help="paraphrases asked per training example")
+    group.add_argument("--rounds", type=int, default=2, help="distillation rounds (the later ones self-training)")
+    group.add_argument("--advanced-minutes", type=float, default=35.0,
+                       help="time budget of the advanced stage; generation and teacher scoring stop in time")
 
 
 def _add_evaluate(commands: Any) -> None:
@@ -197,7 +222,7 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
     print(f"task: {task.task_type}, {len(task.labels)} labels, {len(task.train)} train / {len(task.dev)} dev / "
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
-                       training_overrides=_overrides(args))
+                       training_overrides=_overrides(args), advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record.get("knn", {})
     print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}); kNN k={knn.get('k')} "
@@ -205,6 +230,24 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
     if trained.test_metrics:
         print(_format_metrics(trained.test_metrics))
     return trained
+
+
+def _advanced_settings(args: argparse.Namespace) -> Any:
+    if getattr(args, "mode", None) != "advanced" or not hasattr(args, "teacher"):
+        return None
+    from .advanced import AdvancedSettings
+    from .generator import GenerationSettings
+    from .teacher import LoRASettings
+
+    def model_or_none(name: str) -> str | None:
+        return None if name.strip().lower() in ("", "none") else name
+
+    return AdvancedSettings(
+        teacher=model_or_none(args.teacher), generator=model_or_none(args.generator), teacher_lora=args.teacher_lora,
+        lora=LoRASettings(rank=args.lora_rank, alpha=args.lora_alpha,
+                          target_modules=[name.strip() for name in args.lora_targets.split(",") if name.strip()]),
+        generation=GenerationSettings(per_label=args.generate_per_label, paraphrases_per_example=args.paraphrases),
+        max_pool=args.max_pool, rounds=args.rounds, time_budget=args.advanced_minutes * 60)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -226,15 +269,15 @@ def run_evaluate(args: argparse.Namespace) -> None:
 def run_predict(args: argparse.Namespace) -> None:
     from .data import read_examples
     from .engine import load_trained
-    from .inference import predict
+    from .inference import predict, predicted_labels
 
     model, tokenizer = load_trained(args.model)
     examples = read_examples(args.input, require_label=False)
     result = predict(model, tokenizer, examples, batch_size=args.batch_size, show_progress=True,
                      precision=args.precision)
-    labels = model.config.labels
-    output = {"predictions": [labels[i] for i in result.label_ids],
-              "probabilities": [[round(float(p), 6) for p in row] for row in result.probabilities]}
+    output = {"predictions": predicted_labels(model.config, examples, result.label_ids),
+              "probabilities": [[round(float(p), 6) for p in row[:len(example.choices or row)]]
+                                for example, row in zip(examples, result.probabilities)]}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(output, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {len(examples)} predictions to {args.output}")

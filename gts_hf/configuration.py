@@ -14,7 +14,8 @@ class GTSConfig(PretrainedConfig):
         encoder_config: the backbone's configuration (any encoder ``AutoModel`` can build), or its dict.
         labels: label names, in output order (also stored as ``id2label``/``label2id``).
         label_options: the text each label stands for (its description or name); the model scores these options.
-        task_type: ``"classification"``, ``"similarity"`` or ``"nli"``.
+        task_type: ``"classification"``, ``"similarity"``, ``"nli"`` or ``"multiple_choice"`` (no global labels: each
+            input comes with its own choices, scored like label options).
         query_prefix: prepended to every input and option (``"query: "`` for e5 models).
         max_seq_length: inputs longer than this many tokens are truncated.
         pooling: ``"mean"`` (masked mean of the last hidden states) or ``"cls"``.
@@ -63,6 +64,10 @@ class GTSConfig(PretrainedConfig):
     @property
     def is_pair_task(self) -> bool:
         return self.task_type in ("similarity", "nli")
+
+    @property
+    def is_multiple_choice(self) -> bool:
+        return self.task_type == "multiple_choice"
 
     @property
     def hidden_size(self) -> int:

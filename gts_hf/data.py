@@ -1,7 +1,9 @@
 """Few-shot tasks and the readers that build them.
 
 A :class:`FewShotTask` holds everything the engine needs: the task type, the label names (with optional descriptions,
-used as the options the model scores), and the train / dev / test / unlabelled examples. Readers accept the
+used as the options the model scores), and the train / dev / test / unlabelled examples. Multiple-choice tasks (CHID:
+pick the idiom that fits the blank) have no global labels: each example carries its own ``choices`` and its label is
+the right one. Readers accept the
 GTS-Engine JSON-lines layout, the FewCLUE task files, CSV and :class:`datasets.Dataset`; every error names the file,
 the line and the field.
 """
@@ -18,12 +20,16 @@ from typing import Any, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
-TASK_TYPES = ("classification", "similarity", "nli")
+TASK_TYPES = ("classification", "similarity", "nli", "multiple_choice")
 NLI_LABELS = {"entailment", "neutral", "contradiction"}
 
 # Field names, in order of preference, across GTS-Engine, FewCLUE and common CSV layouts.
 TEXT_FIELDS = ("content", "sentence", "text", "abst")
 PAIR_FIELDS = (("sentence1", "sentence2"), ("text", "text_pair"), ("premise", "hypothesis"))
+CHOICE_FIELDS = ("candidates", "choices")
+ANSWER_FIELDS = ("answer", "label")
+BLANK_MARKERS = ("#idiom#",)  # CHID's slot; shown to the model as a visible blank
+BLANK = "＿＿"
 # A label name that comes with an integer label id (FewCLUE's TNEWS and IFLYTEK).
 LABEL_NAME_FIELDS = ("label_desc", "label_des")
 
@@ -58,11 +64,14 @@ class Example:
     text_pair: str | None = None
     label: str | None = None
     source: str | None = None  # "file:line", for error messages
+    choices: list[str] | None = None  # multiple choice: this example's candidate answers (the label is one of them)
 
     def to_dict(self) -> dict[str, Any]:
         record = {"text": self.text, "label": self.label}
         if self.text_pair is not None:
             record["text_pair"] = self.text_pair
+        if self.choices is not None:
+            record["choices"] = list(self.choices)
         return record
 
 
@@ -84,6 +93,10 @@ class FewShotTask:
         return self.task_type in ("similarity", "nli")
 
     @property
+    def is_multiple_choice(self) -> bool:
+        return self.task_type == "multiple_choice"
+
+    @property
     def label2id(self) -> dict[str, int]:
         return {label: index for index, label in enumerate(self.labels)}
 
@@ -92,8 +105,14 @@ class FewShotTask:
         return [self.label_descriptions.get(label) or label for label in self.labels]
 
     def label_ids(self, examples: Sequence[Example]) -> list[int]:
-        mapping = self.label2id
-        return [mapping[example.label] for example in examples]
+        """Each example's label as an index: into the labels, or into its own choices (multiple choice)."""
+        return [label_index(example, self.label2id) for example in examples]
+
+
+def label_index(example: Example, label2id: dict[str, int]) -> int:
+    if example.choices is not None:
+        return example.choices.index(example.label)
+    return label2id[example.label]
 
 
 # ----------------------------------------------------------------------------------------------------------- reading
@@ -160,16 +179,45 @@ def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def parse_example(record: dict[str, Any], path: str | Path, line: int, require_label: bool) -> Example:
     """Turn one record into an :class:`Example`, whatever the layout's field names."""
     text, text_pair = _find_texts(record, path, line)
-    label = _find_label(record)
+    choices = _find_choices(record, path, line)
+    if choices is None:
+        label = _find_label(record)
+    else:
+        for marker in BLANK_MARKERS:
+            text = text.replace(marker, BLANK)
+        label = _find_answer(record, choices, path, line)
     if require_label and label is None:
-        raise DataError("missing label", path, line, "label")
-    return Example(text=text, text_pair=text_pair, label=label, source=f"{path}:{line}")
+        raise DataError("missing label", path, line, "answer" if choices is not None else "label")
+    return Example(text=text, text_pair=text_pair, label=label, source=f"{path}:{line}", choices=choices)
+
+
+def _find_choices(record: dict[str, Any], path: str | Path, line: int) -> list[str] | None:
+    for name in CHOICE_FIELDS:
+        if name in record:
+            values = record[name]
+            if not isinstance(values, list) or len(values) < 2:
+                raise DataError("expected a list of at least 2 candidate answers", path, line, name)
+            return [_clean_text(value, path, line, name) for value in values]
+    return None
+
+
+def _find_answer(record: dict[str, Any], choices: list[str], path: str | Path, line: int) -> str | None:
+    """The right choice, given as a choice text or as its index (CHID's ``answer``)."""
+    for name in ANSWER_FIELDS:
+        value = record.get(name)
+        if value is None or value == "":
+            continue
+        if isinstance(value, str) and value in choices:
+            return value
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+            if 0 <= int(value) < len(choices):
+                return choices[int(value)]
+        raise DataError(f"{value!r} is neither one of the {len(choices)} choices nor an index into them", path, line,
+                        name)
+    return None
 
 
 def _find_texts(record: dict[str, Any], path: str | Path, line: int) -> tuple[str, str | None]:
-    if "candidates" in record:
-        raise DataError("multiple-choice records (a 'candidates' list, as in CHID) are not supported yet", path, line,
-                        "candidates")
     if isinstance(record.get("target"), dict) and "text" in record:
         return _mark_spans(record, path, line), None
     if isinstance(record.get("keyword"), list) and "abst" in record:
@@ -277,6 +325,8 @@ def detect_language(examples: Iterable[Example]) -> str:
 
 
 def detect_task_type(examples: Sequence[Example], labels: Sequence[str]) -> str:
+    if any(example.choices is not None for example in examples):
+        return "multiple_choice"
     if not any(example.text_pair is not None for example in examples):
         return "classification"
     return "nli" if set(labels) <= NLI_LABELS else "similarity"
@@ -295,6 +345,8 @@ def build_task(
     """Validate the splits against each other and the label list, and assemble a :class:`FewShotTask`."""
     if not train:
         raise DataError("the training set is empty")
+    if task_type == "multiple_choice" or (task_type == "auto" and detect_task_type(train, ()) == "multiple_choice"):
+        return _build_choice_task(train, dev, test, unlabeled)
     if labels is None:
         labels = sorted({example.label for example in train})
     else:
@@ -322,6 +374,20 @@ def build_task(
         label_descriptions={label: text for label, text in descriptions.items() if label in labels},
         language=language,
     )
+
+
+def _build_choice_task(train: Sequence[Example], dev: Sequence[Example], test: Sequence[Example],
+                       unlabeled: Sequence[Example]) -> FewShotTask:
+    """A multiple-choice task: every example has its choices, and every label is one of them."""
+    for example in [*train, *dev, *test, *unlabeled]:
+        if example.choices is None:
+            raise DataError("a multiple-choice task expects candidate answers ('candidates') in every example",
+                            example.source, field="candidates")
+        if example.label is not None and example.label not in example.choices:
+            raise DataError(f"label {example.label!r} is not one of the example's choices", example.source,
+                            field="answer")
+    return FewShotTask(labels=[], train=list(train), dev=list(dev), test=list(test), unlabeled=list(unlabeled),
+                       task_type="multiple_choice", language=detect_language(train))
 
 
 def _check_train_labels(train: Sequence[Example], labels: Sequence[str], labels_source: str | Path | None) -> None:

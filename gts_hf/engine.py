@@ -6,7 +6,8 @@ Modes (each a superset of the one before):
   embeddings, then the kNN datastore is built and its ``k``/``λ`` tuned on dev. Seconds to a minute on a CPU.
 - ``standard``: ``fast``'s head fit as a warm start, then the whole encoder is fine-tuned with GTS's recipe
   (:class:`~gts_hf.trainer.GTSTrainer`: R-Drop, mixup, masking, contrastive loss, best dev epoch), then kNN.
-- ``advanced`` (teacher and generator) builds on ``standard``; see its own module when present.
+- ``advanced``: ``standard``, then Generator-Teacher-Student (:mod:`gts_hf.advanced`): a causal-LM teacher and a
+  generator label and write extra texts, and the student is distilled on the verified ones, then kNN.
 
 Nothing is written until training has succeeded; the output folder is then replaced in one step, so a failed run
 leaves the previous model intact.
@@ -35,7 +36,7 @@ from transformers import AutoTokenizer, set_seed
 
 from .backbones import DEFAULT_STUDENT, backbone_info, resolve_model_path
 from .configuration import GTSConfig
-from .data import Example, FewShotTask
+from .data import Example, FewShotTask, label_index
 from .inference import Predictions, classification_metrics, predict
 from .modeling import GTSForFewShotClassification
 from .retrieval import KNNDatastore
@@ -44,8 +45,11 @@ from .training_args import GTSTrainingArguments
 
 logger = logging.getLogger(__name__)
 
-MODES = ("fast", "standard")
+MODES = ("fast", "standard", "advanced")
 RECORD_FILE = "gts_training.json"
+#: Multiple choice has no label vectors to fit and no fixed labels to vote for: the head fit, kNN and the advanced
+#: stage are skipped (recorded as such), and fine-tuning does the learning.
+NOT_FOR_CHOICES = {"skipped": "multiple choice: each example brings its own options"}
 EVAL_FILE = "eval_results.json"
 
 
@@ -65,6 +69,7 @@ class EngineSettings:
     evaluations: int = 6
     use_knn: bool = True
     training_overrides: dict[str, Any] = field(default_factory=dict)
+    advanced: Any = None  # AdvancedSettings for mode="advanced" (defaults when None)
 
 
 @dataclass
@@ -106,11 +111,15 @@ class GTSEngine:
         model, tokenizer = self.build_student(task)
         record: dict[str, Any] = self._record_header(task)
         record["zero_shot_dev_accuracy"] = _dev_accuracy(model, tokenizer, task)
-        record["head"] = self._fit_head(model, tokenizer, task)
-        if settings.mode == "standard":
+        record["head"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._fit_head(model, tokenizer, task)
+        if settings.mode in ("standard", "advanced"):
             record["finetune"] = self._finetune(model, tokenizer, task)
+        if settings.mode == "advanced" and not task.is_multiple_choice:
+            from .advanced import AdvancedSettings, run_advanced
+
+            record["advanced"] = run_advanced(self, model, tokenizer, task, settings.advanced or AdvancedSettings())
         if settings.use_knn:
-            record["knn"] = attach_knn(model, tokenizer, task)
+            record["knn"] = NOT_FOR_CHOICES if task.is_multiple_choice else attach_knn(model, tokenizer, task)
         record["train_seconds"] = round(time.perf_counter() - started, 2)
         if _num_processes() > 1:
             record["distributed"] = _compare_replicas(model)
@@ -213,15 +222,16 @@ def attach_knn(model: GTSForFewShotClassification, tokenizer: Any, task: FewShot
 def evaluate_examples(model: GTSForFewShotClassification, tokenizer: Any, examples: list[Example],
                       batch_size: int = 64, use_knn: bool = True, precision: str = "auto") -> dict[str, float]:
     """Accuracy, macro-F1, count and texts/second on labelled examples."""
-    label2id = model.config.label2id
-    unknown = [example for example in examples if example.label not in label2id]
+    label2id = model.config.label2id if model.config.labels else {}
+    unknown = [example for example in examples
+               if example.label not in (example.choices if example.choices is not None else label2id)]
     if unknown:
         raise ValueError(f"{unknown[0].source}: label {unknown[0].label!r} is not one of the model's labels "
-                         f"{model.config.labels}")
+                         f"{model.config.labels or 'nor of the example choices'}")
     predictions = predict(model, tokenizer, examples, batch_size=batch_size, use_knn=use_knn, precision=precision,
                           show_progress=len(examples) > 500)
-    gold = np.asarray([label2id[example.label] for example in examples])
-    metrics = classification_metrics(gold, predictions.label_ids, len(model.config.labels))
+    gold = np.asarray([label_index(example, label2id) for example in examples])
+    metrics = classification_metrics(gold, predictions.label_ids, predictions.probabilities.shape[1])
     metrics.update(n=len(examples), texts_per_second=round(len(examples) / max(predictions.seconds, 1e-9), 2))
     return metrics
 

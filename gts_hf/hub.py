@@ -337,6 +337,8 @@ def _examples_per_label(examples: Sequence[Example], labels: Sequence[str], per_
 
 
 def _task_summary(config: GTSConfig) -> str:
+    if config.is_multiple_choice:
+        return "multiple-choice model (it picks one of the candidate answers given with each input)"
     kind = {"similarity": "sentence-pair similarity", "nli": "natural language inference"}.get(
         config.task_type, "text")
     return f"{kind} classifier over {len(config.labels)} labels"
@@ -347,7 +349,7 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
     rows = [("mode", record.get("mode")), ("student", _model_link(record.get("student"))),
             ("examples (train / dev / unlabelled)", _counts(record)), ("seed", record.get("seed"))]
     rows += _head_rows(record.get("head") or {}) + _finetune_rows(record.get("finetune") or {})
-    rows += [(role, _describe(record[role])) for role in ("teacher", "generator") if record.get(role)]
+    rows += _advanced_rows(record.get("advanced") or {})
     rows += _knn_rows(knn, record.get("knn") or {})
     rows += [("training time", f"{record['train_seconds']} s" if "train_seconds" in record else None),
              ("versions", _versions(record))]
@@ -367,6 +369,26 @@ def _finetune_rows(finetune: dict[str, Any]) -> list[tuple[str, Any]]:
     return [("fine-tuning", f"{_number(finetune.get('epochs'))} epochs ({finetune.get('steps')} steps), learning rate "
                             f"{finetune.get('learning_rate')}, best epoch {_number(finetune.get('best_epoch'))}, "
                             f"dev accuracy {_number(finetune.get('best_dev_accuracy'))}")]
+
+
+def _advanced_rows(advanced: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The Generator-Teacher-Student stage: which models, how many texts, what was kept per round."""
+    if not advanced:
+        return []
+    rows = [(role, _model_link(value.get("model")) if isinstance(value, Mapping) and value.get("model") else
+             "none" if value is None else _describe(value)) for role in ("teacher", "generator")
+            for value in [advanced.get(role)]]
+    pool = advanced.get("pool") or {}
+    if pool:
+        rows.append(("pool (generated / unlabelled)", f"{pool.get('generated', 0)} / {pool.get('unlabeled', 0)}"))
+    for number, round_ in enumerate(advanced.get("rounds") or [], 1):
+        distillation = round_.get("distillation") or {}
+        rows.append((f"distillation round {number}",
+                     f"{round_.get('kept')} texts kept (threshold {_number(round_.get('threshold'))}, teacher weight "
+                     f"{round_.get('teacher_weight')}), dev accuracy {_number(distillation.get('best_dev_accuracy'))}"))
+    if advanced.get("skipped"):
+        rows.append(("advanced stage", f"skipped: {advanced['skipped']}"))
+    return rows
 
 
 def _knn_rows(knn: dict[str, Any], chosen: dict[str, Any]) -> list[tuple[str, Any]]:

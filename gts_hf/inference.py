@@ -14,16 +14,25 @@ from .configuration import GTSConfig
 from .data import Example
 
 
-def encode_examples(tokenizer: Any, config: GTSConfig, texts: Sequence[str],
-                    text_pairs: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+def encode_examples(tokenizer: Any, config: GTSConfig, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                    choices: Sequence[Sequence[str]] | None = None, num_choices: int | None = None
+                    ) -> dict[str, torch.Tensor]:
     """Tokenise a batch the way the model reads it: query prefix, truncation to ``max_seq_length``, dynamic padding;
-    pair tasks also get each sentence on its own (``first_*`` / ``second_*``) for the pair-similarity term."""
+    pair tasks also get each sentence on its own (``first_*`` / ``second_*``) for the pair-similarity term; multiple
+    choice gets every example's choices (``choice_*``, padded to ``num_choices`` per example)."""
     prefix, max_length = config.query_prefix, config.max_seq_length
 
     def tokenize(first: Sequence[str], second: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         return tokenizer([prefix + text for text in first], list(second) if second is not None else None,
                          padding=True, truncation=True, max_length=max_length, return_tensors="pt")
 
+    if choices is not None:
+        width = num_choices or max(len(options) for options in choices)
+        flat = [option for options in choices for option in list(options) + [""] * (width - len(options))]
+        encoded, options = tokenize(texts), tokenize(flat)
+        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+                "choice_input_ids": options["input_ids"], "choice_attention_mask": options["attention_mask"],
+                "choice_mask": torch.tensor([[index < len(options) for index in range(width)] for options in choices])}
     if text_pairs is None:
         encoded = tokenize(texts)
         return {key: encoded[key] for key in ("input_ids", "attention_mask")}
@@ -51,6 +60,13 @@ class Predictions:
         return self.probabilities.argmax(axis=1)
 
 
+def predicted_labels(config: GTSConfig, examples: Sequence[Example], label_ids: Sequence[int]) -> list[str]:
+    """Label names of predicted ids: the model's labels, or each example's own choices (multiple choice)."""
+    if config.is_multiple_choice:
+        return [example.choices[index] for example, index in zip(examples, label_ids)]
+    return [config.labels[index] for index in label_ids]
+
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
@@ -65,15 +81,17 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     start = time.perf_counter()
     model.eval()
-    is_pair = model.config.is_pair_task
+    is_pair, is_choice = model.config.is_pair_task, model.config.is_multiple_choice
+    width = max((len(example.choices or ()) for example in examples), default=0) if is_choice else None
     order = np.argsort([-len(example.text) - len(example.text_pair or "") for example in examples], kind="stable")
     logits, embeddings, similarity = [], [], []
     batches = range(0, len(examples), batch_size)
     for begin in tqdm(batches, desc="Predicting", disable=not show_progress, unit="batch"):
         batch = [examples[i] for i in order[begin:begin + batch_size]]
-        _check_pairs(batch, is_pair)
+        _check_inputs(batch, is_pair, is_choice)
         inputs = encode_examples(tokenizer, model.config, [e.text for e in batch],
-                                 [e.text_pair for e in batch] if is_pair else None)
+                                 [e.text_pair for e in batch] if is_pair else None,
+                                 [e.choices for e in batch] if is_choice else None, num_choices=width)
         with _autocast(model.device, precision):
             output = model(**{key: value.to(model.device) for key, value in inputs.items()})
         logits.append(output.logits.float().cpu())
@@ -81,15 +99,19 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
         if output.pair_similarity is not None:
             similarity.append(output.pair_similarity.float().cpu())
     unsort = np.argsort(order)
-    model_probs = torch.cat(logits).softmax(-1).numpy()[unsort] if examples else np.zeros((0, len(model.config.labels)))
+    model_probs = torch.cat(logits).softmax(-1).numpy()[unsort] if examples else \
+        np.zeros((0, width or len(model.config.labels)))
     vectors = torch.cat(embeddings).numpy()[unsort] if examples else np.zeros((0, model.config.hidden_size))
     probs = model.knn.interpolate(model_probs, vectors) if use_knn and model.knn is not None else model_probs
     pair = torch.cat(similarity).numpy()[unsort] if similarity else None
     return Predictions(probs, model_probs, vectors, pair, time.perf_counter() - start)
 
 
-def _check_pairs(batch: Sequence[Example], is_pair: bool) -> None:
+def _check_inputs(batch: Sequence[Example], is_pair: bool, is_choice: bool) -> None:
     for example in batch:
+        if is_choice != (example.choices is not None):
+            raise ValueError("this model picks one of each input's choices: give {'text': ..., 'choices': [...]}"
+                             if is_choice else "this model has fixed labels, but choices were given")
         if is_pair and example.text_pair is None:
             raise ValueError(f"this model classifies sentence pairs: give {{'text': ..., 'text_pair': ...}}, "
                              f"got a single text {example.text[:40]!r}")

@@ -1,4 +1,5 @@
-"""The losses of GTS's recipe: R-Drop, mixup, and supervised contrastive learning (optionally kNN-expanded)."""
+"""The losses of GTS's recipe: R-Drop, mixup, supervised contrastive learning (optionally kNN-expanded), and the
+student's distillation from a teacher's soft labels."""
 
 from __future__ import annotations
 
@@ -9,6 +10,15 @@ import torch.nn.functional as F
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy against a target distribution (mixup targets, teacher soft labels)."""
     return -(targets * logits.log_softmax(-1)).sum(-1).mean()
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor,
+                      temperature: float = 2.0) -> torch.Tensor:
+    """T² · KL(teacher_T ‖ student_T): both distributions softened at temperature T (the teacher's from its
+    probabilities, ``p^(1/T)`` renormalised), scaled by T² so the gradient does not shrink with T."""
+    teacher_log = F.log_softmax(teacher_probabilities.clamp_min(1e-8).log() / temperature, dim=-1)
+    student_log = F.log_softmax(logits / temperature, dim=-1)
+    return F.kl_div(student_log, teacher_log, log_target=True, reduction="batchmean") * temperature ** 2
 
 
 def rdrop_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

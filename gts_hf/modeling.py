@@ -4,6 +4,8 @@ Each label is an *option with meaning*: its text (name or description) is encode
 model scores ``logit_scale * cos(text, option)``. Before training this is a zero-shot classifier; training moves the
 encoder and the option vectors together. Pair tasks (similarity, NLI) encode the pair jointly (a cross-encoder) and
 add a learned term on the cosine of the two sentences encoded apart, which carries most of the signal with few labels.
+Multiple-choice tasks (CHID) bring their options with each input: the choices are encoded by the same backbone and
+scored the same way, ``logit_scale * cos(text, choice)`` (UniMC's paradigm with per-example options).
 A :class:`~gts_hf.retrieval.KNNDatastore`, when present, is saved and loaded with the model.
 """
 
@@ -114,6 +116,12 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
             logits = logits + standardised.unsqueeze(-1) * self.pair_weight + self.pair_bias
         return logits
 
+    def score_choices(self, embeddings: torch.Tensor, choices: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
+        """Per-example option logits: ``(batch, hidden)`` texts against ``(batch * num_choices, hidden)`` choices."""
+        choices = choices.view(len(embeddings), -1, embeddings.shape[-1])
+        logits = self.log_logit_scale.exp() * torch.einsum("bh,bch->bc", embeddings, choices)
+        return logits.masked_fill(~choice_mask.bool(), -1e4)
+
     @torch.no_grad()
     def calibrate_pair_similarity(self, similarities: torch.Tensor) -> None:
         """Set the standardisation of the pair cosine from the training pairs' cosines."""
@@ -129,9 +137,14 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         first_attention_mask: torch.Tensor | None = None,
         second_input_ids: torch.Tensor | None = None,
         second_attention_mask: torch.Tensor | None = None,
+        choice_input_ids: torch.Tensor | None = None,
+        choice_attention_mask: torch.Tensor | None = None,
+        choice_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> GTSOutput:
+        """``choice_*``: multiple choice, the ``(batch * num_choices, length)`` tokenised choices and the
+        ``(batch, num_choices)`` mask of real (not padding) choices; the logits are then one per choice."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         embeddings = self.embed(input_ids, attention_mask, **extra)
         pair_similarity = None
@@ -142,7 +155,10 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
                 first = self.embed(first_input_ids, first_attention_mask)
                 second = self.embed(second_input_ids, second_attention_mask)
             pair_similarity = (first * second).sum(-1)
-        logits = self.score(embeddings, pair_similarity)
+        if choice_input_ids is not None:
+            logits = self.score_choices(embeddings, self.embed(choice_input_ids, choice_attention_mask), choice_mask)
+        else:
+            logits = self.score(embeddings, pair_similarity)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return GTSOutput(loss=loss, logits=logits, embeddings=embeddings, pair_similarity=pair_similarity)
 
@@ -159,7 +175,7 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
                                 return_tensors="pt").to(self.device)
             chunks.append(self.embed(encoded["input_ids"], encoded["attention_mask"]))
         self.train(was_training)
-        return torch.cat(chunks)
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.config.hidden_size, device=self.device)
 
     @torch.no_grad()
     def set_label_options(self, tokenizer: Any, options: Sequence[str] | None = None) -> None:

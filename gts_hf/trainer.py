@@ -20,27 +20,37 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
-from .data import Example
+from .data import Example, label_index
 from .inference import classification_metrics, encode_examples
-from .losses import mixup, rdrop_loss, soft_cross_entropy, supervised_contrastive_loss
+from .losses import distillation_loss, mixup, rdrop_loss, soft_cross_entropy, supervised_contrastive_loss
 from .training_args import GTSTrainingArguments
 
 logger = logging.getLogger(__name__)
 
 
 class ExampleDataset(Dataset):
-    """Labelled examples as a torch dataset of raw texts (tokenised by :class:`GTSDataCollator`)."""
+    """Labelled examples as a torch dataset of raw texts (tokenised by :class:`GTSDataCollator`).
 
-    def __init__(self, examples: Sequence[Example], label2id: dict[str, int]):
+    With ``targets`` (one distribution over the labels per example, e.g. a teacher's soft labels) each item also
+    carries its target row and whether it is gold (``gold``: a boolean per example, default all)."""
+
+    def __init__(self, examples: Sequence[Example], label2id: dict[str, int], targets: np.ndarray | None = None,
+                 gold: Sequence[bool] | None = None):
         self.examples = list(examples)
-        self.label_ids = [label2id[example.label] for example in self.examples]
+        self.label_ids = [label_index(example, label2id) for example in self.examples]
+        self.targets = targets
+        self.gold = list(gold) if gold is not None else [True] * len(self.examples)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.examples[index]
-        return {"text": example.text, "text_pair": example.text_pair, "label": self.label_ids[index], "index": index}
+        item = {"text": example.text, "text_pair": example.text_pair, "choices": example.choices,
+                "label": self.label_ids[index], "index": index}
+        if self.targets is not None:
+            item.update(targets=self.targets[index], gold=self.gold[index])
+        return item
 
 
 class GTSDataCollator:
@@ -51,9 +61,13 @@ class GTSDataCollator:
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         pairs = [item["text_pair"] for item in items] if self.config.is_pair_task else None
-        batch = encode_examples(self.tokenizer, self.config, [item["text"] for item in items], pairs)
+        choices = [item["choices"] for item in items] if self.config.is_multiple_choice else None
+        batch = encode_examples(self.tokenizer, self.config, [item["text"] for item in items], pairs, choices)
         batch["labels"] = torch.tensor([item["label"] for item in items])
         batch["example_ids"] = torch.tensor([item["index"] for item in items])
+        if "targets" in items[0]:
+            batch["targets"] = torch.tensor(np.stack([item["targets"] for item in items]), dtype=torch.float32)
+            batch["gold"] = torch.tensor([item["gold"] for item in items])
         return batch
 
 
@@ -177,7 +191,8 @@ class GTSTrainer(Trainer):
     def _metrics_for(num_labels: int):
         def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
             logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-            return classification_metrics(prediction.label_ids, np.argmax(logits, axis=-1), num_labels)
+            return classification_metrics(prediction.label_ids, np.argmax(logits, axis=-1),
+                                          num_labels or logits.shape[-1])
         return compute_metrics
 
     # ------------------------------------------------------------------------------------------------------- hub
@@ -281,6 +296,7 @@ class GTSTrainer(Trainer):
                      num_items_in_batch: torch.Tensor | int | None = None) -> Any:
         labels = inputs.pop("labels")
         example_ids = inputs.pop("example_ids", None)
+        targets = {key: inputs.pop(key) for key in ("targets", "gold") if key in inputs}
         if not model.training:
             outputs = model(**inputs)
             loss = F.cross_entropy(outputs.logits, labels)
@@ -288,16 +304,22 @@ class GTSTrainer(Trainer):
         args = self.args
         inputs = self._augment(inputs)
         outputs = model(**inputs)
-        loss = F.cross_entropy(outputs.logits, labels)
+        loss = self.label_loss(outputs.logits, labels, **targets)
         if args.rdrop_alpha > 0:
             second = model(**inputs)
-            loss = (loss + F.cross_entropy(second.logits, labels)) / 2
+            loss = (loss + self.label_loss(second.logits, labels, **targets)) / 2
             loss = loss + args.rdrop_alpha * rdrop_loss(outputs.logits, second.logits)
+        if "choice_input_ids" in inputs:  # per-example options: no label vectors to mix, no classes to contrast
+            return (loss, outputs) if return_outputs else loss
         if args.mixup_alpha > 0 and args.mixup_weight > 0:
             loss = loss + args.mixup_weight * self._mixup_loss(model, outputs, labels)
         if args.contrastive_weight > 0:
             loss = loss + args.contrastive_weight * self._contrastive_loss(outputs.embeddings, labels, example_ids)
         return (loss, outputs) if return_outputs else loss
+
+    def label_loss(self, logits: torch.Tensor, labels: torch.Tensor, **targets: torch.Tensor) -> torch.Tensor:
+        """The supervised term: cross-entropy with the gold labels (:class:`DistillationTrainer` adds soft labels)."""
+        return F.cross_entropy(logits, labels)
 
     def _augment(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         rate = random.choice(self.args.mask_rates) if self.args.mask_rates else 0.0
@@ -332,6 +354,41 @@ class GTSTrainer(Trainer):
             bank_positives=self.args.contrastive_bank_positives,
             bank_ids=example_ids if use_bank else None,
         )
+
+
+class DistillationTrainer(GTSTrainer):
+    """`GTSTrainer` on gold examples plus teacher-labelled ones: cross-entropy on the gold labels, plus
+    ``distill_weight`` · T² · KL(teacher ‖ student) at temperature T on the others (Hinton et al.).
+
+    Args (beyond `GTSTrainer`'s):
+        distill_examples: the kept generated or unlabelled examples (their ``label`` is the teacher's argmax).
+        teacher_probabilities: the teacher's distribution for each of them, ``(len(distill_examples), num_labels)``.
+        temperature / distill_weight: of the KL term.
+    """
+
+    def __init__(self, model: Any = None, args: GTSTrainingArguments | None = None,
+                 train_examples: Sequence[Example] = (), distill_examples: Sequence[Example] = (),
+                 teacher_probabilities: np.ndarray | None = None, temperature: float = 2.0,
+                 distill_weight: float = 1.0, **kwargs: Any):
+        self.temperature, self.distill_weight = temperature, distill_weight
+        gold_targets = np.eye(len(model.config.labels), dtype=np.float32)[
+            [model.config.label2id[example.label] for example in train_examples]]
+        soft = np.asarray(teacher_probabilities if teacher_probabilities is not None else
+                          np.zeros((0, len(model.config.labels))), dtype=np.float32)
+        if len(soft) != len(distill_examples):
+            raise ValueError(f"{len(distill_examples)} distillation examples but {len(soft)} teacher distributions")
+        examples = list(train_examples) + list(distill_examples)
+        kwargs["train_dataset"] = ExampleDataset(
+            examples, model.config.label2id, targets=np.concatenate([gold_targets, soft]),
+            gold=[True] * len(train_examples) + [False] * len(distill_examples))
+        super().__init__(model=model, args=args, train_examples=examples, **kwargs)
+
+    def label_loss(self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None,
+                   gold: torch.Tensor | None = None) -> torch.Tensor:
+        if targets is None or gold is None or bool(gold.all()):
+            return F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(logits[gold], labels[gold]) if bool(gold.any()) else logits.sum() * 0.0
+        return loss + self.distill_weight * distillation_loss(logits[~gold], targets[~gold], self.temperature)
 
 
 # ------------------------------------------------------------------------------------------------ fast: head only

@@ -6,6 +6,7 @@
 >>> classifier("物流很快，质量很好")
 [{'label': 'Positive', 'score': 0.97}]
 >>> classifier([{"text": "今天天气怎么样", "text_pair": "今天天气如何"}], top_k=2)   # a pair model
+>>> chooser({"text": "他说话总是＿＿，让人摸不着头脑", "choices": ["含糊其辞", "一清二楚"]})  # a multiple-choice model
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ from gts_hf.inference import encode_examples, predict
 
 
 def to_example(item: Any) -> Example:
-    """A string, a ``{"text", "text_pair"}`` dict, a ``(text, text_pair)`` tuple or an :class:`Example`."""
+    """A string, a ``{"text", "text_pair"}`` or ``{"text", "choices"}`` dict, a ``(text, text_pair)`` tuple or an
+    :class:`Example`."""
     if isinstance(item, Example):
         return item
     if isinstance(item, str):
         return Example(text=item)
     if isinstance(item, dict) and "text" in item:
-        return Example(text=item["text"], text_pair=item.get("text_pair"))
+        choices = item.get("choices")
+        return Example(text=item["text"], text_pair=item.get("text_pair"),
+                       choices=[str(choice) for choice in choices] if choices is not None else None)
     if isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(part, str) for part in item):
         return Example(text=item[0], text_pair=item[1])
     raise ValueError(f"gts-few-shot takes a string, a {{'text': ..., 'text_pair': ...}} dict or a (text, text_pair) "
@@ -59,7 +63,7 @@ class GTSFewShotPipeline(Pipeline):
                 raise ValueError("gts-few-shot got an empty text")
         predictions = predict(self.model, self.tokenizer, examples, batch_size=batch_size or self._batch_size or 32,
                               use_knn=use_knn, precision=precision)
-        results = [self._format(row, top_k) for row in predictions.probabilities]
+        results = [self._format(row, top_k, example) for row, example in zip(predictions.probabilities, examples)]
         if single:
             return results[0] if top_k is not None else [results[0]]
         return results
@@ -68,21 +72,24 @@ class GTSFewShotPipeline(Pipeline):
     def preprocess(self, inputs: Any) -> dict[str, Any]:
         example = to_example(inputs)
         pair = [example.text_pair] if self.model.config.is_pair_task else None
-        return encode_examples(self.tokenizer, self.model.config, [example.text], pair)
+        choices = [example.choices] if self.model.config.is_multiple_choice and example.choices else None
+        return {**encode_examples(self.tokenizer, self.model.config, [example.text], pair, choices),
+                "example": example}
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
+        example = model_inputs.pop("example")
         output = self.model(**model_inputs)
-        return {"logits": output.logits, "embeddings": output.embeddings}
+        return {"logits": output.logits, "embeddings": output.embeddings, "example": example}
 
     def postprocess(self, model_outputs: dict[str, Any], top_k: int | None = None, use_knn: bool = True) -> Any:
         probs = model_outputs["logits"].float().softmax(-1).cpu().numpy()
         if use_knn and self.model.knn is not None:
             probs = self.model.knn.interpolate(probs, model_outputs["embeddings"].float().cpu().numpy())
-        return self._format(probs[0], top_k)
+        return self._format(probs[0], top_k, model_outputs["example"])
 
-    def _format(self, probabilities: np.ndarray, top_k: int | None) -> Any:
-        labels = self.model.config.labels
-        order = np.argsort(-probabilities)[: top_k or 1]
+    def _format(self, probabilities: np.ndarray, top_k: int | None, example: Example) -> Any:
+        labels = example.choices if self.model.config.is_multiple_choice else self.model.config.labels
+        order = np.argsort(-probabilities[:len(labels)])[: top_k or 1]
         scored = [{"label": labels[i], "score": float(probabilities[i])} for i in order]
         return scored if top_k is not None else scored[0]
 

@@ -139,3 +139,16 @@ def test_baseline_methods_run(method: str, fewclue_root: Path, tiny_student: Pat
     assert record["settings"]["query_prefix"] == ""  # the tiny student is not an e5 model
     report = bench.render_markdown([record], plot_name=None)
     assert f"| eprstmt | {method} |" in report
+
+
+def test_advanced_variant_uses_the_unlabelled_file_never_the_test(fewclue_root: Path, tiny_student: Path,
+                                                                  tmp_path: Path) -> None:
+    """gts-advanced-self (no LLM: the student self-trains) reads the task's unlabeled.json as its pool."""
+    folder = fewclue_root / "fewclue" / "eprstmt"
+    write_jsonl(folder / "unlabeled.json", [{"sentence": r["sentence"] + "！"} for r in _eprstmt_records(0, 8)])
+    options = bench.RunOptions(methods=["gts-advanced-self"], output_dir=tmp_path, student=str(tiny_student))
+    spec, = bench.fewclue_specs(options, fewclue_root / "fewclue", ["eprstmt"], [0])
+    assert spec.unlabeled and spec.unlabeled.endswith("unlabeled.json")
+    record = _check_record(Path(bench.run_one(spec) and spec.output), "gts-advanced-self")
+    advanced = record["details"]["advanced"]
+    assert advanced["pool"]["unlabeled"] == 16 and advanced["teacher"] is None and advanced["generator"] is None

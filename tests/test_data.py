@@ -136,7 +136,29 @@ def test_cluewsc_spans_are_marked(tmp_path):
     assert read_examples(path)[0].text == "[树叶]飘入了树林，<他>走到了家人中间。"
 
 
-def test_multiple_choice_records_are_refused_clearly(tmp_path):
-    path = write_jsonl(tmp_path / "chid.json", [{"content": "#idiom#", "candidates": ["一", "二"], "answer": 0}])
-    with pytest.raises(DataError, match="not supported yet"):
+def test_multiple_choice_records_become_examples_with_choices(tmp_path):
+    path = write_jsonl(tmp_path / "chid.json", [
+        {"content": "他说话#idiom#。", "candidates": ["含糊其辞", "一清二楚"], "answer": 1},
+        {"content": "风景#idiom#", "candidates": ["美不胜收", "乱七八糟"], "label": "美不胜收"}])
+    first, second = read_examples(path)
+    assert first.text == "他说话＿＿。" and first.choices == ["含糊其辞", "一清二楚"] and first.label == "一清二楚"
+    assert second.label == "美不胜收"
+    task = build_task([first, second], [first])
+    assert task.task_type == "multiple_choice" and task.labels == [] and task.label_ids([first, second]) == [1, 0]
+
+
+@pytest.mark.parametrize("record, field", [
+    ({"content": "x#idiom#", "candidates": ["一"], "answer": 0}, "candidates"),
+    ({"content": "x#idiom#", "candidates": ["一", "二"], "answer": 5}, "answer"),
+    ({"content": "x#idiom#", "candidates": ["一", 2], "answer": 0}, "candidates"),
+])
+def test_bad_multiple_choice_records_name_line_and_field(tmp_path, record, field):
+    path = write_jsonl(tmp_path / "chid.json", [record])
+    with pytest.raises(DataError, match=f"chid.json:1.*'{field}'"):
         read_examples(path)
+
+
+def test_a_multiple_choice_task_needs_choices_everywhere(tmp_path):
+    with_choices = Example(text="a＿＿", label="一", choices=["一", "二"], source="t:1")
+    with pytest.raises(DataError, match="t:2.*candidate answers"):
+        build_task([with_choices], [Example(text="b", label="一", source="t:2")])

@@ -254,6 +254,24 @@ def test_model_card_of_a_pair_task(model_dir, tmp_path):
     assert "widget" not in card.data.to_dict()  # the Hub's text-classification widget takes one text
     assert "similarity" in card.data.tags and "- 今天天气怎么样 ↔ 今天天气如何" in card.text
 
+
+def test_model_card_of_an_advanced_multiple_choice_model(model_dir, tmp_path):
+    folder = Path(shutil.copytree(model_dir, tmp_path / "model"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "task_type": "multiple_choice", "labels": [],
+                                                    "label_options": [], "id2label": {}, "label2id": {}}))
+    record = json.loads((folder / "gts_training.json").read_text())
+    record["advanced"] = {"teacher": {"model": "Qwen/Qwen2.5-Coder-0.5B-Instruct"}, "generator": None,
+                          "pool": {"generated": 0, "unlabeled": 600},
+                          "rounds": [{"kept": 412, "threshold": 0.71, "teacher_weight": 0.5,
+                                      "distillation": {"best_dev_accuracy": 0.84}}]}
+    (folder / "gts_training.json").write_text(json.dumps(record))
+    card = render_model_card(folder, "someone/chooser")
+    assert "multiple-choice model" in card.text
+    assert "[Qwen/Qwen2.5-Coder-0.5B-Instruct](https://huggingface.co/Qwen/Qwen2.5-Coder-0.5B-Instruct)" in card.text
+    assert "412 texts kept (threshold 0.71, teacher weight 0.5), dev accuracy 0.84" in card.text
+
+
 def test_hub_model_id(tiny_student):
     assert hub_model_id(DEFAULT_STUDENT) == DEFAULT_STUDENT
     assert hub_model_id(str(tiny_student)) is None and hub_model_id(None) is None

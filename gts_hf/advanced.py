@@ -1,0 +1,268 @@
+"""The ``advanced`` mode: Generator-Teacher-Student on top of a ``standard`` student.
+
+1. **Teacher**: a causal LM (default: the packaged Qwen2.5-0.5B-Instruct; any Hub id online) scores every option,
+   optionally after LoRA fine-tuning on the gold examples, and is calibrated on dev.
+2. **Generator**: the same or another chat LM writes new texts per label and paraphrases of training texts.
+3. **Pool**: generated texts plus a seeded sample of the unlabelled texts (never the test file: the pool is only
+   what the user passes as ``unlabeled``). Nothing is written into the user's data folder.
+4. **Verification**: pool texts are labelled by a mix of teacher and student, ``w·p_teacher + (1-w)·p_student``
+   (``w`` chosen on dev); a text is kept when the mix is confident above a threshold chosen on dev (the lowest one
+   whose dev precision reaches ``target_precision``) and, for generated texts, agrees with the intended label.
+5. **Distillation**: :class:`~gts_hf.trainer.DistillationTrainer` continues the student on gold labels plus the
+   kept texts' soft labels; the best dev step is kept (the ``standard`` student included, so ``advanced`` never
+   does worse on dev). Further rounds let the improved student re-label the pool (self-training).
+
+The work is bounded by ``time_budget`` (seconds for the whole stage): generation gets a share of it, teacher scoring
+stops at its deadline (unscored texts are left out), and the distillation steps are capped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from transformers import TrainerCallback, TrainerControl
+
+from .backbones import DEFAULT_LLM
+from .data import Example, FewShotTask
+from .generator import GenerationSettings, Generator
+from .inference import predict
+from .teacher import CausalLMTeacher, LoRASettings, dev_report, finetune_teacher_lora
+from .trainer import DistillationTrainer
+
+logger = logging.getLogger(__name__)
+
+MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass
+class AdvancedSettings:
+    """Settings of the advanced stage (see the module docstring)."""
+
+    teacher: str | None = DEFAULT_LLM
+    generator: str | None = DEFAULT_LLM
+    teacher_lora: bool = False
+    lora: LoRASettings = field(default_factory=LoRASettings)
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+    max_pool: int = 600
+    target_precision: float = 0.9
+    min_coverage: float = 0.25
+    rounds: int = 2
+    distill_temperature: float = 2.0
+    distill_weight: float = 1.0
+    max_distill_steps: int = 80
+    time_budget: float = 35 * 60.0
+    generation_share: float = 0.25
+    cache_dir: str | None = None
+
+
+def run_advanced(engine: Any, model: Any, tokenizer: Any, task: FewShotTask,
+                 settings: AdvancedSettings) -> dict[str, Any]:
+    """Improve the fine-tuned ``model`` in place with teacher-verified generated and unlabelled texts."""
+    started = time.monotonic()
+    deadline = started + settings.time_budget
+    record: dict[str, Any] = {"settings": _settings_record(settings)}
+    if not task.dev:
+        record["skipped"] = "no dev set: the teacher's calibration and the thresholds are chosen on dev"
+        logger.warning("advanced: %s", record["skipped"])
+        return record
+    teacher = load_teacher(settings, task, record)
+    if teacher is not None and settings.teacher_lora:
+        record["teacher_lora"] = finetune_teacher_lora(teacher, task.train, settings.lora, seed=engine.settings.seed)
+    generated = generate_examples(settings, task, teacher, record, started)
+    pool = generated + sample_pool(task.unlabeled, settings.max_pool, engine.settings.seed)
+    record["pool"] = {"generated": len(generated), "unlabeled": len(pool) - len(generated),
+                      "unlabeled_available": len(task.unlabeled)}
+    if not pool:
+        record["skipped"] = "nothing to learn from: no unlabelled file and no generated text"
+        logger.warning("advanced: %s", record["skipped"])
+        return record
+    dev_gold = np.asarray(task.label_ids(task.dev))
+    teacher_dev = teacher_pool = None
+    if teacher is not None:
+        scores = teacher.scores(task.dev)
+        record["teacher_dev"] = teacher.calibrate(task.dev, scores)
+        teacher_dev = teacher.calibration.apply(scores)
+        teacher_pool = teacher.predict_proba(pool, show_progress=True, deadline=_teacher_deadline(deadline, settings))
+        scored = ~np.isnan(teacher_pool).any(-1)
+        pool, teacher_pool = [example for example, keep in zip(pool, scored) if keep], teacher_pool[scored]
+        record["pool"]["teacher_scored"] = len(pool)
+    record["rounds"] = []
+    for round_number in range(settings.rounds):
+        if time.monotonic() > deadline:
+            logger.warning("advanced: time budget spent before round %d", round_number + 1)
+            break
+        labels = label_pool(model, tokenizer, task, pool, dev_gold, teacher_dev, teacher_pool, settings)
+        if not labels["kept"]:
+            record["rounds"].append(labels["summary"])
+            break
+        labels["summary"]["distillation"] = distill(engine, model, tokenizer, task, labels, settings, deadline)
+        record["rounds"].append(labels["summary"])
+    record["seconds"] = round(time.monotonic() - started, 1)
+    return record
+
+
+# ------------------------------------------------------------------------------------------------ the pieces
+def load_teacher(settings: AdvancedSettings, task: FewShotTask, record: dict[str, Any]) -> CausalLMTeacher | None:
+    if not settings.teacher:
+        record["teacher"] = None
+        return None
+    try:
+        teacher = CausalLMTeacher.from_pretrained(settings.teacher, task)
+    except (ImportError, OSError) as err:
+        logger.warning("advanced: no teacher (%s); the student labels the pool itself (self-training only)", err)
+        record["teacher"] = {"unavailable": str(err)}
+        return None
+    record["teacher"] = {"model": settings.teacher}
+    return teacher
+
+
+def generate_examples(settings: AdvancedSettings, task: FewShotTask, teacher: CausalLMTeacher | None,
+                      record: dict[str, Any], started: float) -> list[Example]:
+    if not settings.generator:
+        record["generator"] = None
+        return []
+    try:
+        if teacher is not None and settings.generator == settings.teacher and not teacher.is_lora:
+            generator = Generator.share_model(teacher)
+        else:
+            generator = Generator.from_pretrained(settings.generator)
+    except (ImportError, OSError, ValueError) as err:
+        logger.warning("advanced: no generator (%s); using the unlabelled pool only", err)
+        record["generator"] = {"unavailable": str(err)}
+        return []
+    generation = GenerationSettings(**{**asdict(settings.generation),
+                                       "max_seconds": _generation_seconds(settings, started)})
+    cache_dir = settings.cache_dir or _default_cache_dir()
+    begun = time.monotonic()
+    examples = generator.generate(task, generation, cache_dir=cache_dir)
+    record["generator"] = {"model": settings.generator, "examples": len(examples),
+                           "seconds": round(time.monotonic() - begun, 1), "cache_dir": str(cache_dir)}
+    return examples
+
+
+def sample_pool(unlabeled: Sequence[Example], size: int, seed: int) -> list[Example]:
+    """A seeded sample of at most ``size`` unlabelled texts (in their file order)."""
+    if len(unlabeled) <= size:
+        return list(unlabeled)
+    chosen = sorted(random.Random(seed).sample(range(len(unlabeled)), size))
+    return [unlabeled[index] for index in chosen]
+
+
+def choose_mix_weight(student_dev: np.ndarray, teacher_dev: np.ndarray | None, gold: np.ndarray) -> float:
+    """The weight of the teacher in the mix, best dev accuracy then log-loss (the student alone without a teacher)."""
+    if teacher_dev is None:
+        return 0.0
+    def quality(weight: float) -> tuple[float, float]:
+        report = dev_report(weight * teacher_dev + (1 - weight) * student_dev, gold)
+        return report["accuracy"], -report["log_loss"]
+    return max(MIX_WEIGHTS, key=quality)
+
+
+def choose_threshold(probabilities: np.ndarray, gold: np.ndarray, target_precision: float,
+                     min_coverage: float) -> dict[str, float]:
+    """The lowest confidence threshold whose dev precision reaches ``target_precision`` while keeping at least
+    ``min_coverage`` of dev; failing that, the most precise threshold that keeps ``min_coverage``."""
+    confidence, predicted = probabilities.max(-1), probabilities.argmax(-1)
+    candidates = []
+    for threshold in np.unique(np.round(confidence, 4)):
+        covered = confidence >= threshold
+        coverage = float(covered.mean())
+        if coverage < min_coverage:
+            continue
+        precision = float((predicted[covered] == gold[covered]).mean())
+        candidates.append({"threshold": float(threshold), "dev_precision": round(precision, 4),
+                           "dev_coverage": round(coverage, 4)})
+    reaching = [candidate for candidate in candidates if candidate["dev_precision"] >= target_precision]
+    if reaching:
+        return min(reaching, key=lambda candidate: candidate["threshold"])
+    return max(candidates, key=lambda candidate: (candidate["dev_precision"], -candidate["threshold"]))
+
+
+def label_pool(model: Any, tokenizer: Any, task: FewShotTask, pool: list[Example], dev_gold: np.ndarray,
+               teacher_dev: np.ndarray | None, teacher_pool: np.ndarray | None,
+               settings: AdvancedSettings) -> dict[str, Any]:
+    """Label the pool with the teacher/student mix and keep what passes the dev-chosen threshold."""
+    student_dev = predict(model, tokenizer, task.dev, use_knn=False).probabilities
+    student_pool = predict(model, tokenizer, pool, use_knn=False, show_progress=len(pool) > 500).probabilities
+    weight = choose_mix_weight(student_dev, teacher_dev, dev_gold)
+    mixed_dev = weight * teacher_dev + (1 - weight) * student_dev if teacher_dev is not None else student_dev
+    mixed_pool = weight * teacher_pool + (1 - weight) * student_pool if teacher_pool is not None else student_pool
+    threshold = choose_threshold(mixed_dev, dev_gold, settings.target_precision, settings.min_coverage)
+    predicted = mixed_pool.argmax(-1)
+    label2id = task.label2id
+    keep = mixed_pool.max(-1) >= threshold["threshold"]
+    generated = np.asarray([(example.source or "").startswith("generated:") for example in pool], dtype=bool)
+    intended = np.asarray([label2id.get(example.label, -1) if is_generated else -1
+                           for example, is_generated in zip(pool, generated)])
+    keep &= ~generated | (predicted == intended)
+    kept = [Example(example.text, example.text_pair, task.labels[label], example.source)
+            for example, label, chosen in zip(pool, predicted, keep) if chosen]
+    summary = {"teacher_weight": weight, "dev": dev_report(mixed_dev, dev_gold), **threshold,
+               "kept": int(keep.sum()), "kept_generated": int((keep & generated).sum()),
+               "generated_agreeing": int((generated & (predicted == intended)).sum()),
+               "kept_per_label": {task.labels[index]: int(count) for index, count in
+                                  enumerate(np.bincount(predicted[keep], minlength=len(task.labels)))}}
+    return {"kept": kept, "probabilities": mixed_pool[keep], "summary": summary}
+
+
+def distill(engine: Any, model: Any, tokenizer: Any, task: FewShotTask, labels: dict[str, Any],
+            settings: AdvancedSettings, deadline: float) -> dict[str, Any]:
+    """Continue the student on gold + kept examples (soft labels), keeping the best dev step (the start included)."""
+    total = len(task.train) + len(labels["kept"])
+    args = engine.training_arguments(total)
+    steps_per_epoch = max(math.ceil(total / args.per_device_train_batch_size), 1)
+    epochs = max(min(args.num_train_epochs, settings.max_distill_steps / steps_per_epoch), 1.0)
+    args.num_train_epochs = epochs
+    args.eval_steps = args.logging_steps = max(int(steps_per_epoch * epochs) // engine.settings.evaluations, 1)
+    args.rdrop_alpha = 0.0  # the teacher's soft labels regularise already; R-Drop would double the cost of a step
+    trainer = DistillationTrainer(model=model, args=args, train_examples=task.train, distill_examples=labels["kept"],
+                                  teacher_probabilities=labels["probabilities"], eval_examples=task.dev,
+                                  processing_class=tokenizer, temperature=settings.distill_temperature,
+                                  distill_weight=settings.distill_weight, callbacks=[StopAtDeadline(deadline)])
+    result = trainer.train()
+    best = trainer.best_on_dev
+    return {"examples": total, "epochs": round(epochs, 2), "steps": result.global_step,
+            "train_loss": round(result.training_loss, 4), "best_epoch": best.best_epoch if best else None,
+            "best_dev_accuracy": best.best[0] if best and best.best else None,
+            "seconds_left": round(deadline - time.monotonic(), 1)}
+
+
+class StopAtDeadline(TrainerCallback):
+    """Ends training (after an evaluation, so the best dev step is still kept) once the time budget is spent."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def on_step_end(self, args: Any, state: Any, control: TrainerControl, **kwargs: Any) -> TrainerControl:
+        if time.monotonic() > self.deadline:
+            logger.warning("advanced: time budget spent at step %d; stopping the distillation", state.global_step)
+            control.should_training_stop = control.should_evaluate = True
+        return control
+
+
+# --------------------------------------------------------------------------------------------------- budget
+def _generation_seconds(settings: AdvancedSettings, started: float) -> float:
+    share = settings.time_budget * settings.generation_share - (time.monotonic() - started)
+    limit = settings.generation.max_seconds
+    return max(min(share, limit) if limit is not None else share, 0.0)
+
+
+def _teacher_deadline(deadline: float, settings: AdvancedSettings) -> float:
+    """Leave the distillation rounds about a third of the budget."""
+    return deadline - settings.time_budget / 3
+
+
+def _default_cache_dir() -> str:
+    from .backbones import cache_root
+
+    return str(cache_root() / "generated")
+
+
+def _settings_record(settings: AdvancedSettings) -> dict[str, Any]:
+    return {key: value for key, value in asdict(settings).items() if key != "cache_dir"}
