@@ -32,7 +32,8 @@ from .backbones import DEFAULT_LLM
 from .data import Example, FewShotTask
 from .generator import GenerationSettings, Generator
 from .inference import predict
-from .teacher import CausalLMTeacher, LoRASettings, dev_report, finetune_teacher_lora
+from .teacher import (CausalLMTeacher, EncoderTeacher, LoRASettings, Teacher, dev_report, finetune_teacher_lora,
+                      is_causal_lm)
 from .trainer import DistillationTrainer
 
 logger = logging.getLogger(__name__)
@@ -67,12 +68,15 @@ def run_advanced(engine: Any, model: Any, tokenizer: Any, task: FewShotTask,
     started = time.monotonic()
     deadline = started + settings.time_budget
     record: dict[str, Any] = {"settings": _settings_record(settings)}
+    if engine_processes() > 1:
+        raise ValueError("the advanced stage runs in one process (its time budget and LLM calls are per process): "
+                         "train `standard` with several processes, or `advanced` with one")
     if not task.dev:
         record["skipped"] = "no dev set: the teacher's calibration and the thresholds are chosen on dev"
         logger.warning("advanced: %s", record["skipped"])
         return record
-    teacher = load_teacher(settings, task, record)
-    if teacher is not None and settings.teacher_lora:
+    teacher = load_teacher(settings, task, record, seed=engine.settings.seed)
+    if isinstance(teacher, CausalLMTeacher) and settings.teacher_lora:
         record["teacher_lora"] = finetune_teacher_lora(teacher, task.train, settings.lora, seed=engine.settings.seed)
     generated = generate_examples(settings, task, teacher, record, started)
     pool = generated + sample_pool(task.unlabeled, settings.max_pool, engine.settings.seed)
@@ -92,6 +96,7 @@ def run_advanced(engine: Any, model: Any, tokenizer: Any, task: FewShotTask,
         scored = ~np.isnan(teacher_pool).any(-1)
         pool, teacher_pool = [example for example, keep in zip(pool, scored) if keep], teacher_pool[scored]
         record["pool"]["teacher_scored"] = len(pool)
+        release(teacher)  # everything the rounds need from it is in teacher_dev and teacher_pool
     record["rounds"] = []
     for round_number in range(settings.rounds):
         if time.monotonic() > deadline:
@@ -108,12 +113,17 @@ def run_advanced(engine: Any, model: Any, tokenizer: Any, task: FewShotTask,
 
 
 # ------------------------------------------------------------------------------------------------ the pieces
-def load_teacher(settings: AdvancedSettings, task: FewShotTask, record: dict[str, Any]) -> CausalLMTeacher | None:
+def load_teacher(settings: AdvancedSettings, task: FewShotTask, record: dict[str, Any],
+                 seed: int = 42) -> Teacher | None:
+    """The causal-LM teacher (or, for an encoder id, an encoder trained with the standard recipe)."""
     if not settings.teacher:
         record["teacher"] = None
         return None
     try:
-        teacher = CausalLMTeacher.from_pretrained(settings.teacher, task)
+        if is_causal_lm(settings.teacher):
+            teacher: Teacher = CausalLMTeacher.from_pretrained(settings.teacher, task)
+        else:
+            teacher = EncoderTeacher.train(settings.teacher, task, seed=seed)
     except (ImportError, OSError) as err:
         logger.warning("advanced: no teacher (%s); the student labels the pool itself (self-training only)", err)
         record["teacher"] = {"unavailable": str(err)}
@@ -122,13 +132,13 @@ def load_teacher(settings: AdvancedSettings, task: FewShotTask, record: dict[str
     return teacher
 
 
-def generate_examples(settings: AdvancedSettings, task: FewShotTask, teacher: CausalLMTeacher | None,
+def generate_examples(settings: AdvancedSettings, task: FewShotTask, teacher: Teacher | None,
                       record: dict[str, Any], started: float) -> list[Example]:
-    if not settings.generator:
+    if not settings.generator or task.is_pair and settings.generation.paraphrases_per_example <= 0:
         record["generator"] = None
         return []
     try:
-        if teacher is not None and settings.generator == settings.teacher and not teacher.is_lora:
+        if isinstance(teacher, CausalLMTeacher) and settings.generator == settings.teacher and not teacher.is_lora:
             generator = Generator.share_model(teacher)
         else:
             generator = Generator.from_pretrained(settings.generator)
@@ -170,7 +180,7 @@ def choose_threshold(probabilities: np.ndarray, gold: np.ndarray, target_precisi
     ``min_coverage`` of dev; failing that, the most precise threshold that keeps ``min_coverage``."""
     confidence, predicted = probabilities.max(-1), probabilities.argmax(-1)
     candidates = []
-    for threshold in np.unique(np.round(confidence, 4)):
+    for threshold in np.unique(confidence):
         covered = confidence >= threshold
         coverage = float(covered.mean())
         if coverage < min_coverage:
@@ -178,6 +188,8 @@ def choose_threshold(probabilities: np.ndarray, gold: np.ndarray, target_precisi
         precision = float((predicted[covered] == gold[covered]).mean())
         candidates.append({"threshold": float(threshold), "dev_precision": round(precision, 4),
                            "dev_coverage": round(coverage, 4)})
+    if not candidates:  # e.g. min_coverage above 1: nothing can be trusted
+        return {"threshold": float("inf"), "dev_precision": None, "dev_coverage": 0.0}
     reaching = [candidate for candidate in candidates if candidate["dev_precision"] >= target_precision]
     if reaching:
         return min(reaching, key=lambda candidate: candidate["threshold"])
@@ -216,10 +228,10 @@ def distill(engine: Any, model: Any, tokenizer: Any, task: FewShotTask, labels: 
     """Continue the student on gold + kept examples (soft labels), keeping the best dev step (the start included)."""
     total = len(task.train) + len(labels["kept"])
     args = engine.training_arguments(total)
-    steps_per_epoch = max(math.ceil(total / args.per_device_train_batch_size), 1)
-    epochs = max(min(args.num_train_epochs, settings.max_distill_steps / steps_per_epoch), 1.0)
-    args.num_train_epochs = epochs
-    args.eval_steps = args.logging_steps = max(int(steps_per_epoch * epochs) // engine.settings.evaluations, 1)
+    steps_per_epoch = max(math.ceil(total / (args.per_device_train_batch_size * args.gradient_accumulation_steps)), 1)
+    steps = min(math.ceil(args.num_train_epochs * steps_per_epoch), settings.max_distill_steps)
+    args.max_steps = steps
+    args.eval_steps = args.logging_steps = max(steps // engine.settings.evaluations, 1)
     args.rdrop_alpha = 0.0  # the teacher's soft labels regularise already; R-Drop would double the cost of a step
     trainer = DistillationTrainer(model=model, args=args, train_examples=task.train, distill_examples=labels["kept"],
                                   teacher_probabilities=labels["probabilities"], eval_examples=task.dev,
@@ -227,7 +239,7 @@ def distill(engine: Any, model: Any, tokenizer: Any, task: FewShotTask, labels: 
                                   distill_weight=settings.distill_weight, callbacks=[StopAtDeadline(deadline)])
     result = trainer.train()
     best = trainer.best_on_dev
-    return {"examples": total, "epochs": round(epochs, 2), "steps": result.global_step,
+    return {"examples": total, "epochs": round(steps / steps_per_epoch, 2), "steps": result.global_step,
             "train_loss": round(result.training_loss, 4), "best_epoch": best.best_epoch if best else None,
             "best_dev_accuracy": best.best[0] if best and best.best else None,
             "seconds_left": round(deadline - time.monotonic(), 1)}
@@ -256,6 +268,24 @@ def _generation_seconds(settings: AdvancedSettings, started: float) -> float:
 def _teacher_deadline(deadline: float, settings: AdvancedSettings) -> float:
     """Leave the distillation rounds about a third of the budget."""
     return deadline - settings.time_budget / 3
+
+
+def release(teacher: Teacher) -> None:
+    """Free the teacher's weights (a GPU's memory is needed for the distillation rounds)."""
+    import gc
+
+    import torch
+
+    teacher.model = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def engine_processes() -> int:
+    from .engine import _num_processes
+
+    return _num_processes()
 
 
 def _default_cache_dir() -> str:

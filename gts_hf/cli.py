@@ -86,8 +86,8 @@ def _add_advanced_options(sub: argparse.ArgumentParser) -> None:
     group.add_argument("--teacher", default=DEFAULT_LLM,
                        help=f"causal LM that labels texts (Hub id, folder or 'none'; default {DEFAULT_LLM}, offline "
                             "from the `advanced` extra)")
-    group.add_argument("--generator", default=DEFAULT_LLM, help="chat LM that writes new texts ('none': do not "
-                                                                 "generate; default: the teacher's model)")
+    group.add_argument("--generator", help="chat LM that writes new texts ('none': do not generate; default: the "
+                                           "teacher's model, loaded once)")
     group.add_argument("--teacher-lora", action="store_true", help="fine-tune the teacher on the gold examples "
                                                                     "with LoRA first")
     group.add_argument("--lora-rank", type=int, default=8)
@@ -243,7 +243,8 @@ def _advanced_settings(args: argparse.Namespace) -> Any:
         return None if name.strip().lower() in ("", "none") else name
 
     return AdvancedSettings(
-        teacher=model_or_none(args.teacher), generator=model_or_none(args.generator), teacher_lora=args.teacher_lora,
+        teacher=model_or_none(args.teacher), generator=model_or_none(args.generator or args.teacher),
+        teacher_lora=args.teacher_lora,
         lora=LoRASettings(rank=args.lora_rank, alpha=args.lora_alpha,
                           target_modules=[name.strip() for name in args.lora_targets.split(",") if name.strip()]),
         generation=GenerationSettings(per_label=args.generate_per_label, paraphrases_per_example=args.paraphrases),

@@ -347,6 +347,10 @@ def build_task(
         raise DataError("the training set is empty")
     if task_type == "multiple_choice" or (task_type == "auto" and detect_task_type(train, ()) == "multiple_choice"):
         return _build_choice_task(train, dev, test, unlabeled)
+    with_choices = next((example for example in train if example.choices is not None), None)
+    if with_choices is not None:
+        raise DataError(f"examples with candidate answers make a multiple-choice task, not a {task_type} one",
+                        with_choices.source, field="candidates")
     if labels is None:
         labels = sorted({example.label for example in train})
     else:

@@ -114,7 +114,9 @@ class GTSEngine:
         record["head"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._fit_head(model, tokenizer, task)
         if settings.mode in ("standard", "advanced"):
             record["finetune"] = self._finetune(model, tokenizer, task)
-        if settings.mode == "advanced" and not task.is_multiple_choice:
+        if settings.mode == "advanced" and task.is_multiple_choice:
+            record["advanced"] = NOT_FOR_CHOICES
+        elif settings.mode == "advanced":
             from .advanced import AdvancedSettings, run_advanced
 
             record["advanced"] = run_advanced(self, model, tokenizer, task, settings.advanced or AdvancedSettings())

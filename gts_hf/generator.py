@@ -121,12 +121,15 @@ class Generator:
         prompt = self.tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
                                                     add_generation_prompt=True)
         encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.model.device)
-        torch.manual_seed(seed)
-        with torch.no_grad():
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
+        # a private random stream: whether a request came from the cache must not change the student's training
+        with torch.random.fork_rng(devices=[self.model.device] if self.model.device.type == "cuda" else []), \
+                torch.no_grad():
+            torch.manual_seed(seed)
             output = self.model.generate(**encoded, do_sample=True, temperature=settings.temperature,
                                          top_p=settings.top_p, max_new_tokens=settings.max_new_tokens,
-                                         repetition_penalty=settings.repetition_penalty,
-                                         pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+                                         repetition_penalty=settings.repetition_penalty, pad_token_id=pad_id)
         return self.tokenizer.decode(output[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def generate(self, task: FewShotTask, settings: GenerationSettings | None = None,
@@ -148,7 +151,9 @@ class Generator:
         return build_examples(task, requests, outputs)
 
     def _cache_key(self, task: FewShotTask, settings: GenerationSettings) -> str:
-        identity = {"model": self.name_or_path, "settings": asdict(settings), "labels": task.labels,
+        # max_seconds bounds the work, not what a request produces: reruns with another budget reuse the cache
+        identity = {"model": self.name_or_path, "labels": task.labels,
+                    "settings": {key: value for key, value in asdict(settings).items() if key != "max_seconds"},
                     "options": task.option_texts(), "task_type": task.task_type,
                     "train": [example.to_dict() for example in task.train]}
         return hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -249,5 +254,9 @@ class GenerationCache:
         self.done[request] = list(outputs)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            torn = self.path.is_file() and self.path.stat().st_size > 0 and \
+                not self.path.read_bytes().endswith(b"\n")
             with open(self.path, "a", encoding="utf-8") as file:
+                if torn:  # an interrupted write: start on a line of its own
+                    file.write("\n")
                 file.write(json.dumps({"request": request, "outputs": list(outputs)}, ensure_ascii=False) + "\n")

@@ -88,7 +88,7 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
     batches = range(0, len(examples), batch_size)
     for begin in tqdm(batches, desc="Predicting", disable=not show_progress, unit="batch"):
         batch = [examples[i] for i in order[begin:begin + batch_size]]
-        _check_inputs(batch, is_pair, is_choice)
+        check_inputs(batch, is_pair, is_choice)
         inputs = encode_examples(tokenizer, model.config, [e.text for e in batch],
                                  [e.text_pair for e in batch] if is_pair else None,
                                  [e.choices for e in batch] if is_choice else None, num_choices=width)
@@ -107,7 +107,7 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
     return Predictions(probs, model_probs, vectors, pair, time.perf_counter() - start)
 
 
-def _check_inputs(batch: Sequence[Example], is_pair: bool, is_choice: bool) -> None:
+def check_inputs(batch: Sequence[Example], is_pair: bool, is_choice: bool) -> None:
     for example in batch:
         if is_choice != (example.choices is not None):
             raise ValueError("this model picks one of each input's choices: give {'text': ..., 'choices': [...]}"

@@ -4,7 +4,8 @@
   names or descriptions asks for the label; each option is scored by the log-probability of its text as the answer
   (the prompt is run once per text and its key/value cache shared by the options). Optionally fine-tuned on the
   gold examples with LoRA (:class:`TeacherTrainer`; only the adapter is saved).
-- :class:`EncoderTeacher` is a GTS student of a bigger encoder, trained with :class:`~gts_hf.engine.GTSEngine`.
+- :class:`EncoderTeacher` is a GTS student of a bigger encoder, trained with :class:`~gts_hf.engine.GTSEngine`
+  (chosen when the teacher id is not a causal LM).
 
 Both are calibrated on dev only (:func:`fit_calibration`: a temperature and a per-label bias), so their probabilities
 can be thresholded and mixed with the student's.
@@ -12,9 +13,11 @@ can be thresholded and mixed with the student's.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +52,8 @@ PROMPTS = {
         "separator": ", ",
     },
 }
-MAX_TEXT_CHARS = 400  # long texts are cut in the prompt: the label is rarely in the tail, the cost grows with length
+MAX_TEXT_CHARS = 400  # long texts are cut in the prompt (a pair: half each): the cost grows with the length
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
 
 
 # ------------------------------------------------------------------------------------------------------ calibration
@@ -76,9 +80,12 @@ def fit_calibration(scores: np.ndarray, labels: Sequence[int], bias_penalty: flo
     bias = torch.zeros(scores_t.shape[1], dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_temperature, bias], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
+    def temperature() -> torch.Tensor:  # bounded: a dev set the teacher separates perfectly would drive T to 0
+        return log_temperature.clamp(math.log(MIN_TEMPERATURE), math.log(MAX_TEMPERATURE)).exp()
+
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = scores_t / log_temperature.exp() + bias
+        logits = scores_t / temperature() + bias
         loss = F.cross_entropy(logits, gold) + bias_penalty * (bias - bias.mean()).pow(2).sum()
         loss.backward()
         return loss
@@ -86,7 +93,7 @@ def fit_calibration(scores: np.ndarray, labels: Sequence[int], bias_penalty: flo
     with torch.enable_grad():
         optimizer.step(closure)
     centred = (bias - bias.mean()).detach()
-    return Calibration(temperature=float(log_temperature.detach().exp()), bias=[round(float(b), 6) for b in centred])
+    return Calibration(temperature=float(temperature().detach()), bias=[round(float(b), 6) for b in centred])
 
 
 def dev_report(probabilities: np.ndarray, labels: Sequence[int]) -> dict[str, float]:
@@ -105,10 +112,15 @@ class PromptBuilder:
     task_type: str = "classification"
     language: str = "zh"
 
+    def __post_init__(self) -> None:
+        if self.task_type not in PROMPTS["en"]:
+            raise ValueError(f"a causal-LM teacher has no prompt for {self.task_type!r} tasks")
+
     def user_message(self, example: Example) -> str:
         prompts = PROMPTS["zh" if self.language == "zh" else "en"]
+        limit = MAX_TEXT_CHARS // 2 if example.text_pair is not None else MAX_TEXT_CHARS
         return prompts[self.task_type].format(
-            text=example.text[:MAX_TEXT_CHARS], text_pair=(example.text_pair or "")[:MAX_TEXT_CHARS],
+            text=example.text[:limit], text_pair=(example.text_pair or "")[:limit],
             options=prompts["separator"].join(self.options))
 
     def prompt(self, tokenizer: Any, example: Example) -> str:
@@ -119,10 +131,12 @@ class PromptBuilder:
         return message + "\n"
 
 
-def prompt_and_option_ids(tokenizer: Any, builder: PromptBuilder, example: Example,
-                          max_prompt_tokens: int = 512) -> tuple[list[int], list[list[int]]]:
-    prompt = tokenizer(builder.prompt(tokenizer, example), add_special_tokens=False)["input_ids"][-max_prompt_tokens:]
+def prompt_and_option_ids(tokenizer: Any, builder: PromptBuilder, example: Example) -> tuple[list[int], list[list[int]]]:
+    prompt = tokenizer(builder.prompt(tokenizer, example), add_special_tokens=False)["input_ids"]
     options = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in builder.options]
+    empty = [option for option, ids in zip(builder.options, options) if not ids]
+    if empty:
+        raise ValueError(f"label options {empty} tokenise to nothing: give the labels descriptions")
     return prompt, options
 
 
@@ -132,7 +146,7 @@ def option_log_probs(model: Any, prompt_ids: Sequence[int], option_ids: Sequence
     The prompt runs once; its key/value cache is repeated for the options, which run together (right-padded)."""
     device = model.device
     prompt = torch.tensor([list(prompt_ids)], device=device)
-    first = model(input_ids=prompt, use_cache=True)
+    first = model(input_ids=prompt, use_cache=True, logits_to_keep=1)  # the option scores need the last one only
     first_log_probs = first.logits[0, -1].float().log_softmax(-1)
     scores = torch.stack([first_log_probs[ids[0]] for ids in option_ids])
     longest = max(len(ids) for ids in option_ids)
@@ -144,7 +158,7 @@ def option_log_probs(model: Any, prompt_ids: Sequence[int], option_ids: Sequence
     for row, ids in enumerate(option_ids):
         padded[row, :len(ids)] = torch.tensor(ids, device=device)
         mask[row, :len(ids)] = 1
-    cache = first.past_key_values
+    cache = getattr(first, "cache", None) or first.past_key_values
     cache.batch_repeat_interleave(count)
     attention = torch.cat([torch.ones(count, prompt.shape[1], dtype=torch.long, device=device), mask], dim=1)
     positions = torch.arange(prompt.shape[1], prompt.shape[1] + longest, device=device).expand(count, -1)
@@ -157,11 +171,42 @@ def option_log_probs(model: Any, prompt_ids: Sequence[int], option_ids: Sequence
 def _cache_argument(model: Any) -> str:
     """transformers renamed ``past_key_values`` to ``cache`` (5.2x); a peft wrapper forwards either."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return _cache_keyword(type(base))
+
+
+@functools.cache
+def _cache_keyword(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 # -------------------------------------------------------------------------------------------------------- teachers
-class CausalLMTeacher:
+class Teacher:
+    """A labeller: :meth:`scores` (uncalibrated log-probabilities per label), calibrated on dev by :meth:`calibrate`."""
+
+    labels: list[str]
+    calibration: Calibration
+    is_lora = False
+
+    def scores(self, examples: Sequence[Example], show_progress: bool = False,
+               deadline: float | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def calibrate(self, dev: Sequence[Example], scores: np.ndarray | None = None) -> dict[str, Any]:
+        """Fit the calibration on labelled dev examples; returns dev accuracy and log-loss before and after."""
+        scores = self.scores(dev) if scores is None else scores
+        gold = [self.labels.index(example.label) for example in dev]
+        before = dev_report(Calibration().apply(scores), gold)
+        self.calibration = fit_calibration(scores, gold)
+        after = dev_report(self.calibration.apply(scores), gold)
+        return {"raw": before, "calibrated": after, **asdict(self.calibration)}
+
+    def predict_proba(self, examples: Sequence[Example], show_progress: bool = False,
+                      deadline: float | None = None) -> np.ndarray:
+        """Calibrated probabilities, ``(n, num_labels)``; rows not scored before ``deadline`` are NaN."""
+        return self.calibration.apply(self.scores(examples, show_progress, deadline))
+
+
+class CausalLMTeacher(Teacher):
     """A causal LM as a labeller: zero-shot (or LoRA-tuned) option scoring, calibrated on dev.
 
     >>> teacher = CausalLMTeacher.from_pretrained("Qwen/Qwen2.5-7B-Instruct", task)
@@ -196,7 +241,9 @@ class CausalLMTeacher:
             model = PeftModel.from_pretrained(model, path)
         model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         builder = PromptBuilder(options=task.option_texts(), task_type=task.task_type, language=task.language)
-        calibration = Calibration(**saved["calibration"]) if saved and saved["labels"] == task.labels else None
+        if saved and saved["labels"] != task.labels:
+            raise ValueError(f"{path}: this teacher was saved for the labels {saved['labels']}, not {task.labels}")
+        calibration = Calibration(**saved["calibration"]) if saved else None
         return cls(model, tokenizer, task.labels, builder, name_or_path=saved["base_model"] if saved else model_id,
                    calibration=calibration)
 
@@ -216,19 +263,6 @@ class CausalLMTeacher:
             prompt, options = prompt_and_option_ids(self.tokenizer, self.builder, example)
             rows[index] = option_log_probs(self.model, prompt, options).cpu().numpy()
         return rows
-
-    def calibrate(self, dev: Sequence[Example], scores: np.ndarray | None = None) -> dict[str, Any]:
-        """Fit the calibration on labelled dev examples; returns dev accuracy and log-loss before and after."""
-        scores = self.scores(dev) if scores is None else scores
-        gold = [self.labels.index(example.label) for example in dev]
-        before = dev_report(Calibration().apply(scores), gold)
-        self.calibration = fit_calibration(scores, gold)
-        after = dev_report(self.calibration.apply(scores), gold)
-        return {"raw": before, "calibrated": after, **asdict(self.calibration)}
-
-    def predict_proba(self, examples: Sequence[Example], show_progress: bool = False,
-                      deadline: float | None = None) -> np.ndarray:
-        return self.calibration.apply(self.scores(examples, show_progress, deadline))
 
     # --------------------------------------------------------------------------------------------- save and load
     @property
@@ -259,8 +293,8 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
 
 
-class EncoderTeacher:
-    """A GTS model of a (bigger) encoder, trained on the gold examples with the standard recipe."""
+class EncoderTeacher(Teacher):
+    """A GTS model of a (bigger) encoder, trained on the gold examples with the ``standard`` recipe."""
 
     def __init__(self, model: Any, tokenizer: Any, labels: Sequence[str]):
         self.model, self.tokenizer, self.labels = model, tokenizer, list(labels)
@@ -276,13 +310,24 @@ class EncoderTeacher:
 
     def scores(self, examples: Sequence[Example], show_progress: bool = False,
                deadline: float | None = None) -> np.ndarray:
+        """Log-probabilities of the encoder's classifier (kNN included); fast enough to ignore the deadline."""
         from .inference import predict
 
         probabilities = predict(self.model, self.tokenizer, list(examples), show_progress=show_progress).probabilities
         return np.log(np.clip(probabilities, 1e-12, 1.0))
 
-    calibrate = CausalLMTeacher.calibrate
-    predict_proba = CausalLMTeacher.predict_proba
+
+def is_causal_lm(model_id: str) -> bool:
+    """Whether ``model_id`` (a Hub id, a folder, or a saved LoRA teacher) is a causal LM (else: an encoder)."""
+    from transformers import AutoConfig
+
+    from .backbones import resolve_model_path
+
+    path = Path(resolve_model_path(model_id))
+    if (path / TEACHER_CONFIG).is_file():
+        return True
+    architectures = AutoConfig.from_pretrained(path).architectures or []
+    return any(name.endswith("ForCausalLM") for name in architectures)
 
 
 # --------------------------------------------------------------------------------------------- LoRA fine-tuning

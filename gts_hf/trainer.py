@@ -381,7 +381,7 @@ class DistillationTrainer(GTSTrainer):
         kwargs["train_dataset"] = ExampleDataset(
             examples, model.config.label2id, targets=np.concatenate([gold_targets, soft]),
             gold=[True] * len(train_examples) + [False] * len(distill_examples))
-        super().__init__(model=model, args=args, train_examples=examples, **kwargs)
+        super().__init__(model=model, args=args, **kwargs)
 
     def label_loss(self, logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None = None,
                    gold: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import numpy as np
 from transformers import Pipeline
 
 from gts_hf.data import Example
-from gts_hf.inference import encode_examples, predict
+from gts_hf.inference import check_inputs, encode_examples, predict
 
 
 def to_example(item: Any) -> Example:
@@ -71,6 +71,7 @@ class GTSFewShotPipeline(Pipeline):
     # The three-step API of `Pipeline`, used for one input at a time (e.g. by `pipeline(...)` over an iterator).
     def preprocess(self, inputs: Any) -> dict[str, Any]:
         example = to_example(inputs)
+        check_inputs([example], self.model.config.is_pair_task, self.model.config.is_multiple_choice)
         pair = [example.text_pair] if self.model.config.is_pair_task else None
         choices = [example.choices] if self.model.config.is_multiple_choice and example.choices else None
         return {**encode_examples(self.tokenizer, self.model.config, [example.text], pair, choices),

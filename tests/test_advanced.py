@@ -168,6 +168,14 @@ def test_threshold_is_the_lowest_reaching_the_target_precision() -> None:
     assert fallback["dev_precision"] == 1.0 and fallback["threshold"] == pytest.approx(0.8)
 
 
+def test_threshold_edge_cases() -> None:
+    certain = np.array([[0.99996, 0.00004]] * 4)
+    chosen = choose_threshold(certain, np.zeros(4, dtype=int), target_precision=0.9, min_coverage=0.25)
+    assert chosen["threshold"] == pytest.approx(0.99996) and chosen["dev_coverage"] == 1.0  # not rounded up to 1
+    nothing = choose_threshold(certain, np.zeros(4, dtype=int), target_precision=0.9, min_coverage=1.5)
+    assert nothing["threshold"] == float("inf") and nothing["dev_coverage"] == 0.0
+
+
 def test_mix_weight_prefers_the_better_labeller() -> None:
     gold = np.array([0, 1, 0, 1])
     good = np.eye(2)[gold] * 0.8 + 0.1
@@ -258,6 +266,20 @@ def test_advanced_mode_without_teacher_or_generator_self_trains(tiny_student: Pa
     advanced = engine.train(task).record["advanced"]
     assert advanced["teacher"] is None and advanced["generator"] is None
     assert advanced["rounds"][0]["teacher_weight"] == 0.0
+
+
+def test_an_encoder_teacher_is_trained_with_the_standard_recipe(tiny_student: Path, sentiment_dir: Path) -> None:
+    from gts_hf.engine import GTSEngine
+
+    task = load_task(sentiment_dir)
+    task.unlabeled = [Example(text=text + "呀") for text in POSITIVE + NEGATIVE]
+    engine = GTSEngine(mode="advanced", student=str(tiny_student),
+                       advanced=AdvancedSettings(teacher=str(tiny_student), generator=None, rounds=1,
+                                                 max_distill_steps=2),
+                       training_overrides={"num_train_epochs": 1})
+    advanced = engine.train(task).record["advanced"]
+    assert advanced["teacher"] == {"model": str(tiny_student)} and advanced["pool"]["teacher_scored"] == 16
+    assert advanced["rounds"][0]["distillation"]["steps"] <= 2
 
 
 def test_advanced_mode_reports_a_missing_generator(tiny_student: Path, sentiment_dir: Path) -> None:

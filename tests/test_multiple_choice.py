@@ -63,6 +63,10 @@ def test_multiple_choice_trains_saves_and_predicts(choice_dir: Path, tiny_studen
     assert streamed[0]["label"] == answer[0]["label"]
     with pytest.raises(ValueError, match="choices"):
         chooser("a text without choices")
+    inputs = chooser.preprocess({"text": example.text, "choices": example.choices})  # Pipeline's one-by-one path
+    assert chooser.postprocess(chooser.forward(inputs), top_k=1)[0]["label"] == answer[0]["label"]
+    with pytest.raises(ValueError, match="choices"):
+        chooser.preprocess("a text without choices")
 
     output = tmp_path / "predictions.json"
     assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(choice_dir / "test.json"),
