@@ -9,8 +9,9 @@
    (``w`` chosen on dev); a text is kept when the mix is confident above a threshold chosen on dev (the lowest one
    whose dev precision reaches ``target_precision``) and, for generated texts, agrees with the intended label.
 5. **Distillation**: :class:`~gts_hf.trainer.DistillationTrainer` continues the student on gold labels plus the
-   kept texts' soft labels; the best dev step is kept (the ``standard`` student included, so ``advanced`` never
-   does worse on dev). Further rounds let the improved student re-label the pool (self-training).
+   kept texts' soft labels and keeps its best dev step. The ``standard`` student is not a candidate (its dev score
+   is optimistic: it was chosen on the same dev set); it comes back only when distillation ends more than
+   ``max_dev_drop`` below it on dev. Further rounds let the improved student re-label the pool (self-training).
 
 The work is bounded by ``time_budget`` (seconds for the whole stage): generation gets a share of it, teacher scoring
 stops at its deadline (unscored texts are left out), and the distillation steps are capped.
@@ -31,10 +32,11 @@ from transformers import TrainerCallback, TrainerControl
 from .backbones import DEFAULT_LLM
 from .data import Example, FewShotTask
 from .generator import GenerationSettings, Generator
+from .engine import evaluate_examples
 from .inference import predict
 from .teacher import (CausalLMTeacher, EncoderTeacher, LoRASettings, Teacher, dev_report, finetune_teacher_lora,
                       is_causal_lm)
-from .trainer import DistillationTrainer
+from .trainer import DistillationTrainer, EvaluateAtStart
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class AdvancedSettings:
     distill_temperature: float = 2.0
     distill_weight: float = 1.0
     max_distill_steps: int = 80
+    max_dev_drop: float = 0.05
     time_budget: float = 35 * 60.0
     generation_share: float = 0.25
     cache_dir: str | None = None
@@ -237,11 +240,20 @@ def distill(engine: Any, model: Any, tokenizer: Any, task: FewShotTask, labels: 
                                   teacher_probabilities=labels["probabilities"], eval_examples=task.dev,
                                   processing_class=tokenizer, temperature=settings.distill_temperature,
                                   distill_weight=settings.distill_weight, callbacks=[StopAtDeadline(deadline)])
+    # The start's dev score is optimistic (the standard stage picked it on this very dev set), so it is not a
+    # candidate of the best-step choice; it is only restored when distillation falls clearly below it.
+    trainer.remove_callback(EvaluateAtStart)
+    start_accuracy = evaluate_examples(model, tokenizer, task.dev, use_knn=False)["accuracy"]
+    start_state = {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
     result = trainer.train()
     best = trainer.best_on_dev
+    best_accuracy = best.best[0] if best and best.best else None
+    restored = best_accuracy is None or best_accuracy < start_accuracy - settings.max_dev_drop
+    if restored:
+        model.load_state_dict(start_state, strict=False)
     return {"examples": total, "epochs": round(steps / steps_per_epoch, 2), "steps": result.global_step,
             "train_loss": round(result.training_loss, 4), "best_epoch": best.best_epoch if best else None,
-            "best_dev_accuracy": best.best[0] if best and best.best else None,
+            "start_dev_accuracy": start_accuracy, "best_dev_accuracy": best_accuracy, "kept_start": restored,
             "seconds_left": round(deadline - time.monotonic(), 1)}
 
 

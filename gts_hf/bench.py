@@ -231,11 +231,11 @@ def sampled_task(spec: RunSpec) -> Any:
     from .data import build_task, read_examples, read_label_file
 
     labels, descriptions = read_label_file(spec.labels) if spec.labels else (None, {})
-    pool = read_examples(spec.train)
+    pool = read_examples(spec.train, skip_empty=True)  # SetFit's English sets hold a few empty texts
     train, dev = sample_per_class(pool, spec.per_class, spec.sample_seed)
     used = {id(example) for example in train + dev}
     unlabeled = [dataclasses.replace(example, label=None) for example in pool if id(example) not in used]
-    return build_task(train, dev, read_examples(spec.test), unlabeled=unlabeled, labels=labels,
+    return build_task(train, dev, read_examples(spec.test, skip_empty=True), unlabeled=unlabeled, labels=labels,
                       label_descriptions=descriptions, labels_source=spec.labels)
 
 

@@ -53,7 +53,7 @@ class DataError(ValueError):
         prefix = f"{where}: " if where else ""
         suffix = f" (field '{field}')" if field else ""
         super().__init__(f"{prefix}{message}{suffix}")
-        self.path, self.line, self.field = path, line, field
+        self.reason, self.path, self.line, self.field = message, path, line, field
 
 
 @dataclass
@@ -266,9 +266,20 @@ def _find_label(record: dict[str, Any]) -> str | None:
     return str(label)
 
 
-def read_examples(path: str | Path, require_label: bool = True) -> list[Example]:
-    """Read labelled (or, with ``require_label=False``, unlabelled) examples from a file."""
-    examples = [parse_example(record, path, line, require_label) for line, record in read_records(path)]
+def read_examples(path: str | Path, require_label: bool = True, skip_empty: bool = False) -> list[Example]:
+    """Read labelled (or, with ``require_label=False``, unlabelled) examples from a file; ``skip_empty`` leaves out
+    records whose text is empty (with a warning) instead of refusing the file."""
+    examples, skipped = [], []
+    for line, record in read_records(path):
+        try:
+            examples.append(parse_example(record, path, line, require_label))
+        except DataError as error:
+            if not (skip_empty and error.reason == "empty text"):
+                raise
+            skipped.append(line)
+    if skipped:
+        logger.warning("%s: skipped %d records with an empty text (lines %s)", path, len(skipped),
+                       ", ".join(map(str, skipped[:5])) + (", ..." if len(skipped) > 5 else ""))
     if not examples:
         raise DataError("no examples", path)
     return examples

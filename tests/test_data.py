@@ -162,3 +162,10 @@ def test_a_multiple_choice_task_needs_choices_everywhere(tmp_path):
     with_choices = Example(text="a＿＿", label="一", choices=["一", "二"], source="t:1")
     with pytest.raises(DataError, match="t:2.*candidate answers"):
         build_task([with_choices], [Example(text="b", label="一", source="t:2")])
+
+
+def test_empty_texts_are_refused_or_skipped_on_request(tmp_path):
+    path = write_jsonl(tmp_path / "train.json", [{"content": "好", "label": "a"}, {"content": " ", "label": "b"}])
+    with pytest.raises(DataError, match="train.json:2: empty text"):
+        read_examples(path)
+    assert [example.text for example in read_examples(path, skip_empty=True)] == ["好"]
