@@ -32,7 +32,7 @@ from transformers import TrainerCallback, TrainerControl
 from .backbones import DEFAULT_LLM
 from .data import Example, FewShotTask
 from .generator import GenerationSettings, Generator
-from .engine import evaluate_examples
+from .engine import _num_processes, evaluate_examples
 from .inference import predict
 from .teacher import (CausalLMTeacher, EncoderTeacher, LoRASettings, Teacher, dev_report, finetune_teacher_lora,
                       is_causal_lm)
@@ -71,7 +71,7 @@ def run_advanced(engine: Any, model: Any, tokenizer: Any, task: FewShotTask,
     started = time.monotonic()
     deadline = started + settings.time_budget
     record: dict[str, Any] = {"settings": _settings_record(settings)}
-    if engine_processes() > 1:
+    if _num_processes() > 1:
         raise ValueError("the advanced stage runs in one process (its time budget and LLM calls are per process): "
                          "train `standard` with several processes, or `advanced` with one")
     if not task.dev:
@@ -109,8 +109,11 @@ def run_advanced(engine: Any, model: Any, tokenizer: Any, task: FewShotTask,
         if not labels["kept"]:
             record["rounds"].append(labels["summary"])
             break
-        labels["summary"]["distillation"] = distill(engine, model, tokenizer, task, labels, settings, deadline)
+        distillation = distill(engine, model, tokenizer, task, labels, settings, deadline)
+        labels["summary"]["distillation"] = distillation
         record["rounds"].append(labels["summary"])
+        if distillation["kept_start"]:  # the student is unchanged: another round would repeat this one exactly
+            break
     record["seconds"] = round(time.monotonic() - started, 1)
     return record
 
@@ -292,12 +295,6 @@ def release(teacher: Teacher) -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def engine_processes() -> int:
-    from .engine import _num_processes
-
-    return _num_processes()
 
 
 def _default_cache_dir() -> str:

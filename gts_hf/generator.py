@@ -242,8 +242,11 @@ class GenerationCache:
     def __init__(self, cache_dir: str | Path | None, key: str):
         self.path = Path(cache_dir) / f"generated-{key}.jsonl" if cache_dir is not None else None
         self.done: dict[str, list[str]] = {}
+        self.torn = False  # the file ends inside a line (an interrupted write): the next record starts a new one
         if self.path is not None and self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
+            text = self.path.read_text(encoding="utf-8")
+            self.torn = bool(text) and not text.endswith("\n")
+            for line in text.splitlines():
                 try:
                     record = json.loads(line)
                     self.done[record["request"]] = list(record["outputs"])
@@ -254,9 +257,8 @@ class GenerationCache:
         self.done[request] = list(outputs)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            torn = self.path.is_file() and self.path.stat().st_size > 0 and \
-                not self.path.read_bytes().endswith(b"\n")
             with open(self.path, "a", encoding="utf-8") as file:
-                if torn:  # an interrupted write: start on a line of its own
+                if self.torn:
                     file.write("\n")
+                    self.torn = False
                 file.write(json.dumps({"request": request, "outputs": list(outputs)}, ensure_ascii=False) + "\n")

@@ -131,13 +131,17 @@ class PromptBuilder:
         return message + "\n"
 
 
-def prompt_and_option_ids(tokenizer: Any, builder: PromptBuilder, example: Example) -> tuple[list[int], list[list[int]]]:
-    prompt = tokenizer(builder.prompt(tokenizer, example), add_special_tokens=False)["input_ids"]
+def prompt_ids(tokenizer: Any, builder: PromptBuilder, example: Example) -> list[int]:
+    return tokenizer(builder.prompt(tokenizer, example), add_special_tokens=False)["input_ids"]
+
+
+def option_ids(tokenizer: Any, builder: PromptBuilder) -> list[list[int]]:
+    """The token ids of each option text (the same for every example)."""
     options = [tokenizer(option, add_special_tokens=False)["input_ids"] for option in builder.options]
     empty = [option for option, ids in zip(builder.options, options) if not ids]
     if empty:
         raise ValueError(f"label options {empty} tokenise to nothing: give the labels descriptions")
-    return prompt, options
+    return options
 
 
 def option_log_probs(model: Any, prompt_ids: Sequence[int], option_ids: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -256,12 +260,13 @@ class CausalLMTeacher(Teacher):
 
         self.model.eval()
         rows = np.full((len(examples), len(self.labels)), np.nan, dtype=np.float32)
+        options = option_ids(self.tokenizer, self.builder)
         for index, example in enumerate(tqdm(examples, desc="teacher", disable=not show_progress)):
             if deadline is not None and time.monotonic() > deadline:
                 logger.warning("teacher time budget spent after %d of %d texts", index, len(examples))
                 break
-            prompt, options = prompt_and_option_ids(self.tokenizer, self.builder, example)
-            rows[index] = option_log_probs(self.model, prompt, options).cpu().numpy()
+            rows[index] = option_log_probs(self.model, prompt_ids(self.tokenizer, self.builder, example),
+                                           options).cpu().numpy()
         return rows
 
     # --------------------------------------------------------------------------------------------- save and load
@@ -333,7 +338,8 @@ def is_causal_lm(model_id: str) -> bool:
 # --------------------------------------------------------------------------------------------- LoRA fine-tuning
 class TeacherDataset(Dataset):
     def __init__(self, teacher: CausalLMTeacher, examples: Sequence[Example]):
-        self.items = [(*prompt_and_option_ids(teacher.tokenizer, teacher.builder, example),
+        options = option_ids(teacher.tokenizer, teacher.builder)
+        self.items = [(prompt_ids(teacher.tokenizer, teacher.builder, example), options,
                        teacher.labels.index(example.label)) for example in examples]
 
     def __len__(self) -> int:

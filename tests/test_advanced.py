@@ -14,7 +14,7 @@ from gts_hf.data import Example, load_task
 from gts_hf.generator import GenerationCache, GenerationSettings, Generator, clean_lines, plan_requests
 from gts_hf.losses import distillation_loss
 from gts_hf.teacher import (CausalLMTeacher, Calibration, LoRASettings, PromptBuilder, fit_calibration,
-                            finetune_teacher_lora, option_log_probs, prompt_and_option_ids)
+                            finetune_teacher_lora, option_ids, option_log_probs, prompt_ids)
 
 from .conftest import NEGATIVE, POSITIVE, all_fixture_texts, write_jsonl
 
@@ -64,7 +64,8 @@ def sentiment_task(sentiment_dir: Path):
 def test_cached_option_scores_equal_full_sequences(tiny_lm: Path, sentiment_task) -> None:
     teacher = CausalLMTeacher.from_pretrained(str(tiny_lm), sentiment_task)
     builder = PromptBuilder(options=["正面的评价", "负面"], task_type="classification", language="zh")
-    prompt, options = prompt_and_option_ids(teacher.tokenizer, builder, sentiment_task.train[0])
+    prompt = prompt_ids(teacher.tokenizer, builder, sentiment_task.train[0])
+    options = option_ids(teacher.tokenizer, builder)
     with torch.no_grad():
         cached = option_log_probs(teacher.model, prompt, options)
         for option, score in zip(options, cached):
