@@ -294,8 +294,29 @@ def run_gts(task: Any, spec: RunSpec, mode: str, advanced: Any = None) -> Method
                        advanced=advanced)
     trained, train_seconds = _timed(lambda: engine.train(dataclasses.replace(task, test=[])))
     predictions = predict(trained.model, trained.tokenizer, task.test, batch_size=INFERENCE_BATCH_SIZE, use_knn=True)
+    details = {**trained.record, "ablation": {"without_label_prior": without_label_prior(trained, task, predictions)}}
     return MethodOutcome(predictions.label_ids, train_seconds, predictions.seconds,
-                         dataclasses.asdict(engine.settings), details=trained.record)
+                         dataclasses.asdict(engine.settings), details=details)
+
+
+def without_label_prior(trained: Any, task: Any, predictions: Any) -> dict[str, float] | None:
+    """Test metrics of the same trained model (kNN included) with its label prior switched off: the prior's
+    ablation, paired with every run. The prior is taken back out of the test predictions (no second pass over the
+    test set). None when the model has no prior (or nothing but the prior)."""
+    import numpy as np
+
+    model = trained.model
+    weight = model.config.label_prior_weight
+    if not 0 < weight < 1:
+        return None
+    prior_logits = model.config.logit_scale * predictions.embeddings @ model.label_prior.cpu().numpy().T
+    log_probs = np.log(np.clip(predictions.model_probabilities.astype(np.float64), 1e-300, None))
+    logits = (log_probs - weight * prior_logits) / (1 - weight)  # the trained logits, up to a constant per row
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    if model.knn is not None:
+        probs = model.knn.interpolate(probs, predictions.embeddings)
+    return score(task.label_ids(task.test), probs.argmax(axis=1), len(task.labels))
 
 
 def run_advanced_variant(task: Any, spec: RunSpec) -> MethodOutcome:
@@ -688,6 +709,7 @@ def render_markdown(records: list[dict[str, Any]], plot_name: str | None) -> str
         "*peak MiB*: peak resident memory of the run's process. Absolute times are only comparable within one "
         "machine and one benchmark; prefer the ratios.",
     ]
+    lines += _older_recipe_lines(records)
     for suite in dict.fromkeys(row["suite"] for row in rows):
         suite_rows = [row for row in rows if row["suite"] == suite]
         show_mcc = any(row["task"].split("-n")[0] in MCC_TASKS for row in suite_rows)
@@ -703,6 +725,7 @@ def render_markdown(records: list[dict[str, Any]], plot_name: str | None) -> str
                       _number(row["peak_rss_mb"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines += _ratio_lines(suite, ratios)
+        lines += _prior_ablation_lines(suite, records)
     if plot_name:
         lines += ["", f"![accuracy vs training time]({plot_name})"]
     return "\n".join(lines) + "\n"
@@ -721,6 +744,36 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
         by_method = ratios[(suite, task)]
         cells = [f"{by_method[m][0]:.2f}× ({by_method[m][1]})" if m in by_method else "—" for m in GTS_METHODS]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Name the GTS runs made before the label prior existed (their settings lack its weight; multiple choice has
+    no label texts, so no prior)."""
+    older = sorted({f"{record['task']} {record['method']}" for record in records
+                    if record["method"].startswith("gts-") and "label_prior_weight" not in record.get("settings", {})
+                    and record.get("data", {}).get("task_type") != "multiple_choice"})
+    if not older:
+        return []
+    return ["", f"Made before the label prior (an older recipe, not rerun): {', '.join(older)}."]
+
+
+def _prior_ablation_lines(suite: str, records: list[dict[str, Any]]) -> list[str]:
+    """Accuracy with and without the label prior, paired within each run (the same trained model)."""
+    paired: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for record in records:
+        without = record.get("details", {}).get("ablation", {}).get("without_label_prior")
+        if record["suite"] == suite and without:
+            paired[(record["task"], record["method"])].append((record["accuracy"], without["accuracy"]))
+    if not paired:
+        return []
+    lines = ["", "Label prior ablation (accuracy %, mean over runs; the same trained model scored with and without "
+                 "the prior):", "", "| task | method | runs | with prior | without | difference |",
+             "|---|---|---|---|---|---|"]
+    for (task, method), pairs in sorted(paired.items(), key=lambda item: (item[0][0], _method_order(item[0][1]))):
+        with_prior, without = (100 * statistics.fmean(values) for values in zip(*pairs))
+        lines.append(f"| {task} | {method} | {len(pairs)} | {with_prior:.2f} | {without:.2f} | "
+                     f"{with_prior - without:+.2f} |")
     return lines
 
 

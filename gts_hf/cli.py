@@ -59,6 +59,8 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--epochs", type=float, help="fine-tuning epochs (default: enough for ~30 optimiser steps)")
     sub.add_argument("--learning-rate", type=float, help="encoder learning rate (default 5e-5)")
     sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
+    sub.add_argument("--label-prior-weight", type=float, default=0.5,
+                     help="weight of the label texts' zero-shot scores blended into the trained model's (0: off)")
 
 
 def _add_precision(sub: argparse.ArgumentParser) -> None:
@@ -222,7 +224,8 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
     print(f"task: {task.task_type}, {len(task.labels)} labels, {len(task.train)} train / {len(task.dev)} dev / "
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
-                       training_overrides=_overrides(args), advanced=_advanced_settings(args))
+                       label_prior_weight=args.label_prior_weight, training_overrides=_overrides(args),
+                       advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record.get("knn", {})
     print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}); kNN k={knn.get('k')} "

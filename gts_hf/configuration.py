@@ -19,7 +19,10 @@ class GTSConfig(PretrainedConfig):
         query_prefix: prepended to every input and option (``"query: "`` for e5 models).
         max_seq_length: inputs longer than this many tokens are truncated.
         pooling: ``"mean"`` (masked mean of the last hidden states) or ``"cls"``.
-        logit_scale: initial inverse temperature of the cosine option scores.
+        logit_scale: initial inverse temperature of the cosine option scores (also the label prior's, fixed).
+        label_prior_weight: weight ``β`` of the label-text prior: the logits are ``(1 - β)·trained + β·zero-shot``,
+            the zero-shot term scoring the label texts as embedded by the final encoder (a product of experts that
+            keeps what the label names say where a few examples would overrule it). 0: off.
         base_model: the id the encoder came from (for model cards and reproducibility).
     """
 
@@ -36,6 +39,7 @@ class GTSConfig(PretrainedConfig):
         max_seq_length: int = 256,
         pooling: str = "mean",
         logit_scale: float = 20.0,
+        label_prior_weight: float = 0.0,
         base_model: str | None = None,
         **kwargs: Any,
     ):
@@ -58,6 +62,9 @@ class GTSConfig(PretrainedConfig):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.pooling = pooling
         self.logit_scale = logit_scale
+        if not 0.0 <= label_prior_weight <= 1.0:
+            raise ValueError(f"label_prior_weight must be within [0, 1], got {label_prior_weight}")
+        self.label_prior_weight = label_prior_weight
         self.base_model = base_model
         super().__init__(**kwargs)
 

@@ -449,9 +449,18 @@ def load_task(
         raise DataError("no training file: give --data-dir with a train.json, or --train")
     label_names, descriptions = read_label_file(paths["labels"]) if paths["labels"] else (None, {})
     splits = {name: read_examples(paths[name]) if paths[name] else [] for name in ("train", "dev", "test")}
-    pool = read_examples(paths["unlabeled"], require_label=False) if paths["unlabeled"] else []
+    pool = read_pool(paths["unlabeled"]) if paths["unlabeled"] else []
     return build_task(**splits, unlabeled=pool, labels=label_names, label_descriptions=descriptions,
                       task_type=task_type, labels_source=paths["labels"])
+
+
+def read_pool(path: str | Path) -> list[Example]:
+    """The optional unlabelled texts; an empty file is an empty pool (FewCLUE's CLUEWSC ships one), not an error."""
+    path = Path(path)
+    if path.is_file() and not path.read_text(encoding="utf-8-sig").strip():
+        logger.warning("%s: the unlabelled file is empty: no unlabelled pool", path)
+        return []
+    return read_examples(path, require_label=False)
 
 
 def _task_paths(data_dir: str | Path | None, **explicit: str | Path | None) -> dict[str, Path | None]:

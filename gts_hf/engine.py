@@ -4,6 +4,9 @@ Modes (each a superset of the one before):
 
 - ``fast``: the student starts as a zero-shot classifier (label texts as options), its option head is fitted on frozen
   embeddings, then the kNN datastore is built and its ``k``/``λ`` tuned on dev. Seconds to a minute on a CPU.
+
+Every mode ends by blending the label-text prior into the trained scores (``label_prior_weight``, a product of the
+zero-shot and the trained experts) before the kNN datastore is built.
 - ``standard``: ``fast``'s head fit as a warm start, then the whole encoder is fine-tuned with GTS's recipe
   (:class:`~gts_hf.trainer.GTSTrainer`: R-Drop, mixup, masking, contrastive loss, best dev epoch), then kNN.
 - ``advanced``: ``standard``, then Generator-Teacher-Student (:mod:`gts_hf.advanced`): a causal-LM teacher and a
@@ -67,6 +70,7 @@ class EngineSettings:
     min_finetune_steps: int = 30
     max_epochs: int = 30
     evaluations: int = 6
+    label_prior_weight: float = 0.5
     use_knn: bool = True
     training_overrides: dict[str, Any] = field(default_factory=dict)
     advanced: Any = None  # AdvancedSettings for mode="advanced" (defaults when None)
@@ -120,6 +124,9 @@ class GTSEngine:
             from .advanced import AdvancedSettings, run_advanced
 
             record["advanced"] = run_advanced(self, model, tokenizer, task, settings.advanced or AdvancedSettings())
+        if settings.label_prior_weight > 0:
+            record["label_prior"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._blend_label_prior(
+                model, tokenizer, task)
         if settings.use_knn:
             record["knn"] = NOT_FOR_CHOICES if task.is_multiple_choice else attach_knn(model, tokenizer, task)
         record["train_seconds"] = round(time.perf_counter() - started, 2)
@@ -167,6 +174,15 @@ class GTSEngine:
         if _num_processes() > 1:  # DDP (or FSDP, DeepSpeed) wrapped the model: the processes trained as one
             summary["data_parallel"] = trainer.model_wrapped is not trainer.model
         return summary
+
+    def _blend_label_prior(self, model: GTSForFewShotClassification, tokenizer: Any,
+                           task: FewShotTask) -> dict[str, Any]:
+        """A fixed weight, not chosen on dev: a few dozen dev examples are too few to weigh the prior (measured in
+        benchmarks/ABLATION.md)."""
+        before = _dev_accuracy(model, tokenizer, task)
+        model.set_label_prior(tokenizer, self.settings.label_prior_weight)
+        return {"weight": self.settings.label_prior_weight, "dev_accuracy_before": before,
+                "dev_accuracy_after": _dev_accuracy(model, tokenizer, task)}
 
     def training_arguments(self, num_train: int) -> GTSTrainingArguments:
         """Fine-tuning arguments: enough epochs for ``min_finetune_steps`` optimiser steps, then the overrides."""

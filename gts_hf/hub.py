@@ -349,7 +349,7 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
     rows = [("mode", record.get("mode")), ("student", _model_link(record.get("student"))),
             ("examples (train / dev / unlabelled)", _counts(record)), ("seed", record.get("seed"))]
     rows += _head_rows(record.get("head") or {}) + _finetune_rows(record.get("finetune") or {})
-    rows += _advanced_rows(record.get("advanced") or {})
+    rows += _advanced_rows(record.get("advanced") or {}) + _prior_rows(record.get("label_prior") or {})
     rows += _knn_rows(knn, record.get("knn") or {})
     rows += [("training time", f"{record['train_seconds']} s" if "train_seconds" in record else None),
              ("versions", _versions(record))]
@@ -359,6 +359,8 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
 def _head_rows(head: dict[str, Any]) -> list[tuple[str, Any]]:
     if not head:
         return []
+    if head.get("head_dev_accuracy") is None:
+        return [("option head", f"{head.get('head_steps')} steps (no dev set: the last step is kept)")]
     return [("option head", f"{head.get('head_steps')} steps, best step {head.get('head_best_step')}, dev accuracy "
                             f"{_number(head.get('head_dev_accuracy'))}")]
 
@@ -389,6 +391,13 @@ def _advanced_rows(advanced: dict[str, Any]) -> list[tuple[str, Any]]:
     if advanced.get("skipped"):
         rows.append(("advanced stage", f"skipped: {advanced['skipped']}"))
     return rows
+
+
+def _prior_rows(prior: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "weight" not in prior:
+        return []
+    return [("label-text prior", f"weight {prior['weight']} (dev accuracy {_number(prior.get('dev_accuracy_before'))}"
+                                 f" → {_number(prior.get('dev_accuracy_after'))})")]
 
 
 def _knn_rows(knn: dict[str, Any], chosen: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -4,6 +4,8 @@ Each label is an *option with meaning*: its text (name or description) is encode
 model scores ``logit_scale * cos(text, option)``. Before training this is a zero-shot classifier; training moves the
 encoder and the option vectors together. Pair tasks (similarity, NLI) encode the pair jointly (a cross-encoder) and
 add a learned term on the cosine of the two sentences encoded apart, which carries most of the signal with few labels.
+Once trained, the scores can be blended with the label texts' zero-shot scores (``label_prior_weight``), so the
+label names keep their say where a few dozen examples would overrule them.
 Multiple-choice tasks (CHID) bring their options with each input: the choices are encoded by the same backbone and
 scored the same way, ``logit_scale * cos(text, choice)`` (UniMC's paradigm with per-example options).
 A :class:`~gts_hf.retrieval.KNNDatastore`, when present, is saved and loaded with the model.
@@ -70,6 +72,7 @@ class GTSPreTrainedModel(PreTrainedModel):
             init.zeros_(module.pair_bias)
             init.zeros_(module.pair_center)
             init.ones_(module.pair_spread)
+            init.zeros_(module.label_prior)
 
 
 class GTSForFewShotClassification(GTSPreTrainedModel):
@@ -87,6 +90,7 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         # narrow band (e.g. 0.75-0.95), which a unit-scale weight could never separate.
         self.register_buffer("pair_center", torch.zeros(()))
         self.register_buffer("pair_spread", torch.ones(()))
+        self.register_buffer("label_prior", torch.zeros(num_labels, hidden))  # see GTSConfig.label_prior_weight
         self.knn: KNNDatastore | None = None
         self.post_init()
 
@@ -114,6 +118,9 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         if pair_similarity is not None:
             standardised = (pair_similarity - self.pair_center) / self.pair_spread
             logits = logits + standardised.unsqueeze(-1) * self.pair_weight + self.pair_bias
+        weight = self.config.label_prior_weight
+        if weight > 0:
+            logits = (1 - weight) * logits + weight * self.config.logit_scale * embeddings @ self.label_prior.T
         return logits
 
     def score_choices(self, embeddings: torch.Tensor, choices: torch.Tensor, choice_mask: torch.Tensor) -> torch.Tensor:
@@ -185,6 +192,15 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
             raise ValueError(f"{len(options)} options for {len(self.config.labels)} labels")
         self.config.label_options = options
         self.option_embeddings.copy_(self.encode_texts(tokenizer, options))
+
+    @torch.no_grad()
+    def set_label_prior(self, tokenizer: Any, weight: float) -> None:
+        """Blend the label-text prior into the scores with weight ``weight`` (see ``GTSConfig.label_prior_weight``):
+        the label options are embedded by the current encoder, so call it once training has finished."""
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"the label prior's weight must be within [0, 1], got {weight}")
+        self.label_prior.copy_(self.encode_texts(tokenizer, self.config.label_options))
+        self.config.label_prior_weight = weight
 
     @torch.no_grad()
     def score_options(self, tokenizer: Any, texts: Sequence[str], options: Sequence[str]) -> torch.Tensor:

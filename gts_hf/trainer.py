@@ -401,7 +401,7 @@ def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor
 
     The option vectors are pulled towards their starting point (the label texts' embeddings) by ``anchor_weight``,
     which keeps the zero-shot prior where 32 examples cannot overrule it. Full-batch AdamW; the step with the best dev
-    accuracy (then loss) is kept, the start included."""
+    accuracy (then loss) is kept, the start included. Without dev data the last step is kept."""
     generator = torch.Generator().manual_seed(seed)
     params = [model.option_embeddings, model.log_logit_scale, model.pair_weight, model.pair_bias]
     anchor = F.normalize(model.option_embeddings.detach().clone(), dim=-1)
@@ -435,9 +435,13 @@ def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor
         drift = (F.normalize(model.option_embeddings, dim=-1) - anchor).pow(2).sum(-1).mean()
         (loss + anchor_weight * drift).backward()
         optimizer.step()
+        if dev_features is None:
+            continue
         score = dev_score()
         if score > best:
             best, best_state, best_step = score, _head_state(params), step
+    if dev_features is None:
+        return {"head_steps": steps, "head_best_step": steps, "head_dev_accuracy": None}
     _load_head_state(params, best_state)
     return {"head_steps": steps, "head_best_step": best_step, "head_dev_accuracy": best[0]}
 

@@ -46,7 +46,7 @@ class GTSConfig(PretrainedConfig):
     def __init__(self, encoder_config: Any = None, labels: list[str] | None = None,
                  label_options: list[str] | None = None, task_type: str = "classification", query_prefix: str = "",
                  max_seq_length: int = 256, pooling: str = "mean", logit_scale: float = 20.0,
-                 base_model: str | None = None, **kwargs: Any):
+                 label_prior_weight: float = 0.0, base_model: str | None = None, **kwargs: Any):
         if isinstance(encoder_config, dict):
             encoder_config = dict(encoder_config)
             encoder_config = AutoConfig.for_model(encoder_config.pop("model_type", "bert"), **encoder_config)
@@ -61,6 +61,7 @@ class GTSConfig(PretrainedConfig):
         self.max_seq_length = max_seq_length
         self.pooling = pooling
         self.logit_scale = logit_scale
+        self.label_prior_weight = label_prior_weight
         self.base_model = base_model
         super().__init__(**kwargs)
 
@@ -163,6 +164,7 @@ class GTSForFewShotClassification(PreTrainedModel):
         self.pair_bias = nn.Parameter(torch.zeros(num_labels))
         self.register_buffer("pair_center", torch.zeros(()))
         self.register_buffer("pair_spread", torch.ones(()))
+        self.register_buffer("label_prior", torch.zeros(num_labels, hidden))  # the label texts' zero-shot vectors
         self.knn: KNNDatastore | None = None
         self.post_init()
 
@@ -197,6 +199,9 @@ class GTSForFewShotClassification(PreTrainedModel):
             pair_similarity = (first * second).sum(-1)
             standardised = (pair_similarity - self.pair_center) / self.pair_spread
             logits = logits + standardised.unsqueeze(-1) * self.pair_weight + self.pair_bias
+        weight = self.config.label_prior_weight
+        if weight > 0:  # a product of the trained and the zero-shot experts
+            logits = (1 - weight) * logits + weight * self.config.logit_scale * embeddings @ self.label_prior.T
         return GTSOutput(logits=logits, embeddings=embeddings, pair_similarity=pair_similarity)
 
 

@@ -112,6 +112,15 @@ def test_bench_fewclue_end_to_end(fewclue_root: Path, tiny_student: Path, tmp_pa
     assert "## fewclue" in results and "| eprstmt | gts-fast | 1 | 16 |" in results
     assert "| eprstmt | zeroshot |" in results
     assert (output / "results.png").stat().st_size > 0
+    fast = json.loads((output / "results" / "fewclue" / "eprstmt" / "split0" / "gts-fast.json").read_text())
+    without_prior = fast["details"]["ablation"]["without_label_prior"]
+    assert 0 <= without_prior["accuracy"] <= 1 and "Label prior ablation" in results
+    assert f"| eprstmt | gts-fast | 1 | {100 * fast['accuracy']:.2f} | {100 * without_prior['accuracy']:.2f} |" \
+        in results
+    assert "before the label prior" not in results
+    older = {**fast, "settings": {key: value for key, value in fast["settings"].items() if key != "label_prior_weight"}}
+    assert "before the label prior (an older recipe, not rerun): eprstmt gts-fast." in \
+        bench.render_markdown([older], plot_name=None)
 
     assert main(argv) == 0
     assert capsys.readouterr().out.count("skipped (result exists") == 2
@@ -152,3 +161,16 @@ def test_advanced_variant_uses_the_unlabelled_file_never_the_test(fewclue_root: 
     record = _check_record(Path(bench.run_one(spec) and spec.output), "gts-advanced-self")
     advanced = record["details"]["advanced"]
     assert advanced["pool"]["unlabeled"] == 16 and advanced["teacher"] is None and advanced["generator"] is None
+
+
+def test_label_prior_ablation_equals_a_model_without_the_prior(tiny_student: Path, sentiment_dir: Path) -> None:
+    from gts_hf import GTSEngine, load_task, predict
+
+    task = load_task(sentiment_dir)
+    trained = GTSEngine(mode="fast", student=str(tiny_student), head_steps=30).train(task)
+    ablation = bench.without_label_prior(trained, task, predict(trained.model, trained.tokenizer, task.test))
+    trained.model.config.label_prior_weight = 0.0
+    plain = predict(trained.model, trained.tokenizer, task.test)
+    expected = bench.score(task.label_ids(task.test), plain.label_ids, len(task.labels))
+    assert ablation == expected
+    assert bench.without_label_prior(trained, task, plain) is None

@@ -90,6 +90,14 @@ def test_unknown_dev_label_is_named(sentiment_dir):
         load_task(sentiment_dir)
 
 
+def test_empty_unlabelled_file_is_an_empty_pool_but_an_empty_train_file_is_refused(sentiment_dir):
+    (sentiment_dir / "unlabeled.json").write_text("\n", encoding="utf-8")
+    assert load_task(sentiment_dir).unlabeled == []
+    (sentiment_dir / "train.json").write_text("", encoding="utf-8")
+    with pytest.raises(DataError, match="train.json: file is empty"):
+        load_task(sentiment_dir)
+
+
 def test_label_file_that_disagrees_with_the_data(sentiment_dir):
     write_jsonl(sentiment_dir / "labels.json", [{"labels": ["negative", "happy"]}])
     with pytest.raises(DataError, match=r"train.json:\d+: label 'positive' is not in the label file"):

@@ -38,6 +38,16 @@ def test_standard_mode_fine_tunes_and_keeps_the_best_dev_epoch(tiny_student, sen
     assert finetune["best_dev_accuracy"] >= trained.record["zero_shot_dev_accuracy"]
 
 
+def test_without_dev_the_head_still_learns(tiny_student, sentiment_dir):
+    (sentiment_dir / "dev.json").unlink()
+    task = load_task(sentiment_dir)
+    assert not task.dev
+    start, _ = GTSEngine(student=str(tiny_student), **FAST).build_student(task)
+    trained = train(tiny_student, sentiment_dir)
+    assert trained.record["head"] == {"head_steps": 50, "head_best_step": 50, "head_dev_accuracy": None}
+    assert not torch.equal(trained.model.option_embeddings, start.option_embeddings)
+
+
 def test_pair_task_trains_with_the_similarity_term(tiny_student, pair_dir):
     trained = train(tiny_student, pair_dir, **STANDARD)
     assert trained.model.config.task_type == "similarity"
@@ -110,3 +120,30 @@ def test_save_trained_is_reusable_for_an_existing_model_dir(tiny_student, sentim
     trained = train(tiny_student, sentiment_dir, tmp_path / "model")
     save_trained(trained, tmp_path / "model")
     assert (tmp_path / "model" / "knn" / "index.faiss").is_file()
+
+
+def test_label_prior_blends_the_zero_shot_scores(tiny_student, sentiment_dir, tmp_path):
+    task = load_task(sentiment_dir)
+    model, tokenizer = GTSEngine(student=str(tiny_student), **FAST).build_student(task)
+    zero_shot = predict(model, tokenizer, task.dev, use_knn=False).model_probabilities
+    with torch.no_grad():
+        model.option_embeddings.add_(torch.randn_like(model.option_embeddings))  # stands for a trained head
+        model.log_logit_scale.fill_(3.0)
+    trained = predict(model, tokenizer, task.dev, use_knn=False).model_probabilities
+    model.set_label_prior(tokenizer, 0.5)
+    blended = predict(model, tokenizer, task.dev, use_knn=False).model_probabilities
+    expected = torch.softmax(0.5 * torch.log(torch.from_numpy(zero_shot)) + 0.5 * torch.log(torch.from_numpy(trained)),
+                             -1).numpy()  # a product of the two experts
+    np.testing.assert_allclose(blended, expected, atol=1e-5)
+    model.save_pretrained(tmp_path / "model")
+    reloaded = GTSForFewShotClassification.from_pretrained(tmp_path / "model")
+    assert reloaded.config.label_prior_weight == 0.5 and torch.equal(reloaded.label_prior, model.label_prior)
+    with pytest.raises(ValueError, match="within"):
+        model.set_label_prior(tokenizer, 1.5)
+
+
+def test_engine_records_the_label_prior(tiny_student, sentiment_dir):
+    trained = train(tiny_student, sentiment_dir)
+    assert trained.record["label_prior"]["weight"] == 0.5
+    assert trained.model.config.label_prior_weight == 0.5
+    assert train(tiny_student, sentiment_dir, label_prior_weight=0.0).model.config.label_prior_weight == 0.0

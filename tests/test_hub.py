@@ -225,7 +225,8 @@ def test_model_card(loopback_hub, hub_repo_id, model_dir, task_dir, tiny_student
     knn = json.loads((model_dir / "knn" / "config.json").read_text())
     body = card.text
     for expected in ("| 0 | negative | 负面 |", "| 1 | positive | 正面 |", "- " + NEGATIVE[0], "| mode | fast |",
-                     f"| kNN k | {knn['k']} |", f"| kNN λ | {knn['lam']} |", "| accuracy |", "texts/s",
+                     f"| kNN k | {knn['k']} |", f"| kNN λ | {knn['lam']} |", "| label-text prior | weight 0.5 (dev",
+                     "| accuracy |", "texts/s",
                      f'pipeline("gts-few-shot", model="{hub_repo_id}")', "import gts_hf", "from transformers import"):
         assert expected in body, expected
     assert str(tiny_student) not in str(card)  # no local paths leak into a public card
