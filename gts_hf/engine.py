@@ -4,13 +4,13 @@ Modes (each a superset of the one before):
 
 - ``fast``: the student starts as a zero-shot classifier (label texts as options), its option head is fitted on frozen
   embeddings, then the kNN datastore is built and its ``k``/``λ`` tuned on dev. Seconds to a minute on a CPU.
-
-Every mode ends by blending the label-text prior into the trained scores (``label_prior_weight``, a product of the
-zero-shot and the trained experts) before the kNN datastore is built.
 - ``standard``: ``fast``'s head fit as a warm start, then the whole encoder is fine-tuned with GTS's recipe
   (:class:`~gts_hf.trainer.GTSTrainer`: R-Drop, mixup, masking, contrastive loss, best dev epoch), then kNN.
 - ``advanced``: ``standard``, then Generator-Teacher-Student (:mod:`gts_hf.advanced`): a causal-LM teacher and a
   generator label and write extra texts, and the student is distilled on the verified ones, then kNN.
+
+Every mode ends by blending the label-text prior into the trained scores (``label_prior_weight``, a product of the
+zero-shot and the trained experts) before the kNN datastore is built.
 
 Nothing is written until training has succeeded; the output folder is then replaced in one step, so a failed run
 leaves the previous model intact.
@@ -102,6 +102,8 @@ class GTSEngine:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.settings = EngineSettings(mode=mode, student=student, seed=seed, **settings)
+        if not 0.0 <= self.settings.label_prior_weight <= 1.0:
+            raise ValueError(f"label_prior_weight must be within [0, 1], got {self.settings.label_prior_weight}")
 
     # ------------------------------------------------------------------------------------------------------- train
     def train(self, task: FewShotTask, output_dir: str | os.PathLike | None = None) -> TrainedModel:

@@ -147,3 +147,5 @@ def test_engine_records_the_label_prior(tiny_student, sentiment_dir):
     assert trained.record["label_prior"]["weight"] == 0.5
     assert trained.model.config.label_prior_weight == 0.5
     assert train(tiny_student, sentiment_dir, label_prior_weight=0.0).model.config.label_prior_weight == 0.0
+    with pytest.raises(ValueError, match="label_prior_weight"):
+        GTSEngine(student=str(tiny_student), label_prior_weight=-0.1)
