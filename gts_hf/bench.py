@@ -301,19 +301,23 @@ def run_gts(task: Any, spec: RunSpec, mode: str, advanced: Any = None) -> Method
 
 def without_label_prior(trained: Any, task: Any, predictions: Any) -> dict[str, float] | None:
     """Test metrics of the same trained model (kNN included) with its label prior switched off: the prior's
-    ablation, paired with every run. The prior is taken back out of the test predictions (no second pass over the
-    test set). None when the model has no prior (or nothing but the prior)."""
-    import numpy as np
+    ablation, paired with every run. The test predictions' embeddings are scored again (no second pass through the
+    encoder). None when the model has no prior."""
+    import torch
 
     model = trained.model
     weight = model.config.label_prior_weight
-    if not 0 < weight < 1:
+    if not weight:
         return None
-    prior_logits = model.config.logit_scale * predictions.embeddings @ model.label_prior.cpu().numpy().T
-    log_probs = np.log(np.clip(predictions.model_probabilities.astype(np.float64), 1e-300, None))
-    logits = (log_probs - weight * prior_logits) / (1 - weight)  # the trained logits, up to a constant per row
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
+    pair_similarity = torch.from_numpy(predictions.pair_similarity) if predictions.pair_similarity is not None else None
+    model.config.label_prior_weight = 0.0
+    try:
+        with torch.no_grad():
+            probs = model.score(torch.from_numpy(predictions.embeddings).to(model.device),
+                                pair_similarity.to(model.device) if pair_similarity is not None else None)
+    finally:
+        model.config.label_prior_weight = weight
+    probs = probs.float().softmax(-1).cpu().numpy()
     if model.knn is not None:
         probs = model.knn.interpolate(probs, predictions.embeddings)
     return score(task.label_ids(task.test), probs.argmax(axis=1), len(task.labels))

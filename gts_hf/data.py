@@ -456,11 +456,13 @@ def load_task(
 
 def read_pool(path: str | Path) -> list[Example]:
     """The optional unlabelled texts; an empty file is an empty pool (FewCLUE's CLUEWSC ships one), not an error."""
-    path = Path(path)
-    if path.is_file() and not path.read_text(encoding="utf-8-sig").strip():
+    try:
+        return read_examples(path, require_label=False)
+    except DataError as error:
+        if error.reason != "file is empty":
+            raise
         logger.warning("%s: the unlabelled file is empty: no unlabelled pool", path)
         return []
-    return read_examples(path, require_label=False)
 
 
 def _task_paths(data_dir: str | Path | None, **explicit: str | Path | None) -> dict[str, Path | None]:

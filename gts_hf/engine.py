@@ -38,7 +38,7 @@ import torch
 from transformers import AutoTokenizer, set_seed
 
 from .backbones import DEFAULT_STUDENT, backbone_info, resolve_model_path
-from .configuration import GTSConfig
+from .configuration import GTSConfig, check_label_prior_weight
 from .data import Example, FewShotTask, label_index
 from .inference import Predictions, classification_metrics, predict
 from .modeling import GTSForFewShotClassification
@@ -102,8 +102,7 @@ class GTSEngine:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.settings = EngineSettings(mode=mode, student=student, seed=seed, **settings)
-        if not 0.0 <= self.settings.label_prior_weight <= 1.0:
-            raise ValueError(f"label_prior_weight must be within [0, 1], got {self.settings.label_prior_weight}")
+        check_label_prior_weight(self.settings.label_prior_weight)  # before training, not after it
 
     # ------------------------------------------------------------------------------------------------------- train
     def train(self, task: FewShotTask, output_dir: str | os.PathLike | None = None) -> TrainedModel:

@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration import GTSConfig
+from .configuration import GTSConfig, check_label_prior_weight
 from .retrieval import KNN_DIRNAME, KNNDatastore
 
 MODELS_WITH_POOLER = ("bert", "roberta", "xlm-roberta")
@@ -197,8 +197,7 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
     def set_label_prior(self, tokenizer: Any, weight: float) -> None:
         """Blend the label-text prior into the scores with weight ``weight`` (see ``GTSConfig.label_prior_weight``):
         the label options are embedded by the current encoder, so call it once training has finished."""
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"the label prior's weight must be within [0, 1], got {weight}")
+        check_label_prior_weight(weight)
         self.label_prior.copy_(self.encode_texts(tokenizer, self.config.label_options))
         self.config.label_prior_weight = weight
 
