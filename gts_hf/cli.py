@@ -51,7 +51,8 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 
 def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
     sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
-                     help="fast: head + kNN on frozen embeddings; standard: + fine-tuning with GTS's recipe; "
+                     help="fast: head + kNN on frozen embeddings; standard: + a contrastive body stage and "
+                          "fine-tuning with GTS's recipe; "
                           "advanced: + a teacher and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
@@ -59,6 +60,8 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--epochs", type=float, help="fine-tuning epochs (default: enough for ~30 optimiser steps)")
     sub.add_argument("--learning-rate", type=float, help="encoder learning rate (default 5e-5)")
     sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
+    sub.add_argument("--body-steps", type=int, default=40,
+                     help="steps of the contrastive body stage (standard and advanced modes; 0: off)")
     sub.add_argument("--label-prior-weight", type=float, default=0.5,
                      help="weight of the label texts' zero-shot scores blended into the trained model's (0: off)")
 
@@ -224,7 +227,8 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
     print(f"task: {task.task_type}, {len(task.labels)} labels, {len(task.train)} train / {len(task.dev)} dev / "
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
-                       label_prior_weight=args.label_prior_weight, training_overrides=_overrides(args),
+                       body_steps=args.body_steps, label_prior_weight=args.label_prior_weight,
+                       training_overrides=_overrides(args),
                        advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record.get("knn", {})

@@ -62,7 +62,7 @@ class GTSConfig(PretrainedConfig):
             raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
         self.pooling = pooling
         self.logit_scale = logit_scale
-        self.label_prior_weight = check_label_prior_weight(label_prior_weight)
+        self.label_prior_weight = check_unit_interval("label_prior_weight", label_prior_weight)
         self.base_model = base_model
         super().__init__(**kwargs)
 
@@ -79,8 +79,8 @@ class GTSConfig(PretrainedConfig):
         return self.encoder_config.hidden_size
 
 
-def check_label_prior_weight(weight: float) -> float:
-    """The label prior's weight, refused outside [0, 1]."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"label_prior_weight must be within [0, 1], got {weight}")
-    return weight
+def check_unit_interval(name: str, value: float) -> float:
+    """``value``, refused outside [0, 1] with an error naming the setting."""
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} must be within [0, 1], got {value}")
+    return value

@@ -93,3 +93,17 @@ def _nearest_same_label(similarities: torch.Tensor, labels: torch.Tensor, bank_l
     chosen = torch.zeros_like(same)
     chosen.scatter_(1, nearest, True)
     return chosen & same
+
+
+def pairwise_cosine_loss(embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SetFit's CosineSimilarityLoss over every pair of a batch: the cosine of two L2-normalised embeddings is pulled
+    to 1 for the same label and to 0 otherwise (squared error). Same-label and other-label pairs are averaged apart
+    and weighed equally, since a few-shot batch holds far more of the latter."""
+    cosines = embeddings @ embeddings.T
+    same = labels.unsqueeze(0) == labels.unsqueeze(1)
+    upper = torch.ones_like(same).triu(diagonal=1)
+    terms = []
+    for mask, target in ((same & upper, 1.0), (~same & upper, 0.0)):
+        if mask.any():
+            terms.append((cosines[mask] - target).pow(2).mean())
+    return torch.stack(terms).mean() if terms else embeddings.sum() * 0.0

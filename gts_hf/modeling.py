@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration import GTSConfig, check_label_prior_weight
+from .configuration import GTSConfig, check_unit_interval
 from .retrieval import KNN_DIRNAME, KNNDatastore
 
 MODELS_WITH_POOLER = ("bert", "roberta", "xlm-roberta")
@@ -186,18 +186,22 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
 
     @torch.no_grad()
     def set_label_options(self, tokenizer: Any, options: Sequence[str] | None = None) -> None:
-        """Point each label's option vector at the embedding of its text (a zero-shot classifier)."""
+        """Point each label's option vector at the embedding of its text, with the initial logit scale and no pair
+        term: a zero-shot classifier over the current encoder."""
         options = list(options or self.config.label_options)
         if len(options) != len(self.config.labels):
             raise ValueError(f"{len(options)} options for {len(self.config.labels)} labels")
         self.config.label_options = options
         self.option_embeddings.copy_(self.encode_texts(tokenizer, options))
+        self.log_logit_scale.fill_(math.log(self.config.logit_scale))
+        self.pair_weight.zero_()
+        self.pair_bias.zero_()
 
     @torch.no_grad()
     def set_label_prior(self, tokenizer: Any, weight: float) -> None:
         """Blend the label-text prior into the scores with weight ``weight`` (see ``GTSConfig.label_prior_weight``):
         the label options are embedded by the current encoder, so call it once training has finished."""
-        check_label_prior_weight(weight)
+        check_unit_interval("label_prior_weight", weight)
         self.label_prior.copy_(self.encode_texts(tokenizer, self.config.label_options))
         self.config.label_prior_weight = weight
 

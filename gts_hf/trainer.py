@@ -1,4 +1,5 @@
-"""`GTSTrainer`: a `transformers.Trainer` running GTS's standard recipe, and the fast head-only fit.
+"""`GTSTrainer`: a `transformers.Trainer` running GTS's standard recipe; the contrastive body stage; the fast
+head-only fit.
 
 The loss is cross-entropy over the label options, plus (each switchable in :class:`GTSTrainingArguments`) R-Drop,
 mixup of embeddings, token masking, and a supervised contrastive loss, optionally kNN-expanded with a memory bank of
@@ -20,9 +21,11 @@ from torch.utils.data import Dataset
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_utils import EvalPrediction
 
+from .configuration import check_unit_interval
 from .data import Example, label_index
 from .inference import classification_metrics, encode_examples
-from .losses import distillation_loss, mixup, rdrop_loss, soft_cross_entropy, supervised_contrastive_loss
+from .losses import (distillation_loss, mixup, pairwise_cosine_loss, rdrop_loss, soft_cross_entropy,
+                     supervised_contrastive_loss)
 from .training_args import GTSTrainingArguments
 
 logger = logging.getLogger(__name__)
@@ -402,6 +405,10 @@ def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor
     The option vectors are pulled towards their starting point (the label texts' embeddings) by ``anchor_weight``,
     which keeps the zero-shot prior where 32 examples cannot overrule it. Full-batch AdamW; the step with the best dev
     accuracy (then loss) is kept, the start included. Without dev data the last step is kept."""
+    device = model.option_embeddings.device  # the features come from numpy, on the CPU
+    features, labels = _on_device(features, device), labels.to(device)
+    if dev_features is not None and dev_labels is not None:
+        dev_features, dev_labels = _on_device(dev_features, device), dev_labels.to(device)
     generator = torch.Generator().manual_seed(seed)
     params = [model.option_embeddings, model.log_logit_scale, model.pair_weight, model.pair_bias]
     anchor = F.normalize(model.option_embeddings.detach().clone(), dim=-1)
@@ -446,6 +453,10 @@ def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor
     return {"head_steps": steps, "head_best_step": best_step, "head_dev_accuracy": best[0]}
 
 
+def _on_device(features: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in features.items()}
+
+
 def _head_state(params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
     return [copy.deepcopy(param.detach()) for param in params]
 
@@ -454,3 +465,92 @@ def _head_state(params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
 def _load_head_state(params: Sequence[torch.nn.Parameter], state: Sequence[torch.Tensor]) -> None:
     for param, value in zip(params, state):
         param.copy_(value)
+
+
+# ------------------------------------------------------------------------------------- standard: contrastive body
+@torch.enable_grad()
+def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Example], steps: int = 40,
+                           learning_rate: float = 2e-5, batch_size: int = 32, interpolation: float = 1.0,
+                           seed: int = 42) -> dict[str, Any]:
+    """Reshape the encoder's embedding space around the labels (SetFit's body stage, made cheaper).
+
+    Each step draws a class-balanced batch (a few examples from each of several labels) plus those labels' option
+    texts, embeds it once and applies :func:`~gts_hf.losses.pairwise_cosine_loss` to every pair in it: a batch of 32
+    texts yields ~500 pairs for the price SetFit pays for 16. The option texts take part as members of their label, so
+    they stay where their examples go and the label options, the anchored head and the label prior keep their
+    meaning. Every encoder weight but the word embeddings is trained (AdamW, linear warm-up and decay).
+
+    ``interpolation`` < 1 averages the trained weights with the starting ones (WiSE-FT, Wortsman et al. 2022):
+    ``start + interpolation · (trained − start)``, which keeps more of what the pretrained encoder knew."""
+    check_unit_interval("interpolation", interpolation)
+    from transformers import get_linear_schedule_with_warmup
+
+    config = model.config
+    label_ids = [config.label2id[example.label] for example in examples]
+    by_label: dict[int, list[int]] = {}
+    for index, label in enumerate(label_ids):
+        by_label.setdefault(label, []).append(index)
+    rng = random.Random(seed)
+    saved_flags = {name: param.requires_grad for name, param in model.named_parameters()}
+    model.requires_grad_(False)
+    model.encoder.requires_grad_(True)
+    model.encoder.get_input_embeddings().weight.requires_grad_(False)
+    params = [param for param in model.encoder.parameters() if param.requires_grad]
+    start = [param.detach().clone() for param in params] if interpolation < 1 else None
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.01)
+    schedule = get_linear_schedule_with_warmup(optimizer, max(steps // 10, 1), steps)
+    was_training = model.training
+    model.train()
+    losses = []
+    try:
+        for _ in range(steps):
+            batch, labels = class_balanced_batch(by_label, batch_size, rng)
+            loss = _body_loss(model, tokenizer, [examples[index] for index in batch], labels)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+        if start is not None:
+            with torch.no_grad():
+                for param, initial in zip(params, start):
+                    param.copy_(initial + interpolation * (param - initial))
+    finally:
+        model.train(was_training)
+        for name, param in model.named_parameters():
+            param.requires_grad_(saved_flags[name])
+    return {"body_steps": steps, "body_learning_rate": learning_rate, "body_batch_size": batch_size,
+            "body_interpolation": interpolation,
+            "body_loss_first": round(float(np.mean(losses[:5])), 4) if losses else None,
+            "body_loss_last": round(float(np.mean(losses[-5:])), 4) if losses else None}
+
+
+def class_balanced_batch(by_label: dict[int, list[int]], batch_size: int,
+                         rng: random.Random) -> tuple[list[int], list[int]]:
+    """Indices and labels of a batch of ``per_label`` examples from each of ``batch_size // per_label`` labels
+    (``per_label`` = batch size over the number of labels, at least 2), so every batch holds same-label pairs."""
+    per_label = max(2, batch_size // len(by_label))
+    chosen = rng.sample(sorted(by_label), min(len(by_label), max(batch_size // per_label, 1)))
+    batch: list[int] = []
+    labels: list[int] = []
+    for label in chosen:
+        members = by_label[label]
+        picked = rng.sample(members, min(per_label, len(members)))
+        batch += picked
+        labels += [label] * len(picked)
+    return batch, labels
+
+
+def _body_loss(model: Any, tokenizer: Any, examples: list[Example], labels: list[int]) -> torch.Tensor:
+    config = model.config
+    pairs = [example.text_pair for example in examples] if config.is_pair_task else None
+    inputs = encode_examples(tokenizer, config, [example.text for example in examples], pairs)
+    option_labels = sorted(set(labels))
+    options = encode_examples(tokenizer, config, [config.label_options[label] for label in option_labels])
+    embeddings = torch.cat([
+        model.embed(inputs["input_ids"].to(model.device), inputs["attention_mask"].to(model.device)),
+        model.embed(options["input_ids"].to(model.device), options["attention_mask"].to(model.device)),
+    ])
+    targets = torch.tensor(labels + option_labels, device=model.device)
+    return pairwise_cosine_loss(embeddings, targets)

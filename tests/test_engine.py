@@ -149,3 +149,88 @@ def test_engine_records_the_label_prior(tiny_student, sentiment_dir):
     assert train(tiny_student, sentiment_dir, label_prior_weight=0.0).model.config.label_prior_weight == 0.0
     with pytest.raises(ValueError, match="label_prior_weight"):
         GTSEngine(student=str(tiny_student), label_prior_weight=-0.1)
+
+
+def test_standard_mode_reshapes_the_encoder_before_the_head(tiny_student, sentiment_dir):
+    trained = train(tiny_student, sentiment_dir, **STANDARD, body_steps=5)
+    body = trained.record["body"]
+    assert body["body_steps"] == 5 and body["body_loss_first"] is not None and body["head"]["head_steps"] == 50
+    assert body["kept"] == (body["dev_accuracy_after"] > body["dev_accuracy_before"])
+
+
+@pytest.mark.parametrize("dev_accuracies, kept", [((0.5, 0.75), True), ((0.75, 0.75), False)])
+def test_body_stage_is_undone_unless_dev_accuracy_rises(tiny_student, sentiment_dir, monkeypatch, dev_accuracies,
+                                                        kept):
+    task = load_task(sentiment_dir)
+    engine = GTSEngine(student=str(tiny_student), **{**STANDARD, "head_steps": 50}, body_steps=3)
+    model, tokenizer = engine.build_student(task)
+    engine._fit_head(model, tokenizer, task)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    answers = iter(dev_accuracies)
+    monkeypatch.setattr(GTSEngine, "_dev_accuracy_with_prior", lambda *args: next(answers))
+    assert engine._train_body(model, tokenizer, task)["kept"] is kept
+    unchanged = all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    assert unchanged is not kept
+
+
+def test_dev_accuracy_with_prior_leaves_the_model_as_it_was(tiny_student, sentiment_dir):
+    task = load_task(sentiment_dir)
+    engine = GTSEngine(student=str(tiny_student), **FAST)
+    model, tokenizer = engine.build_student(task)
+    prior = model.label_prior.clone()
+    assert 0 <= engine._dev_accuracy_with_prior(model, tokenizer, task) <= 1
+    assert model.config.label_prior_weight == 0 and torch.equal(model.label_prior, prior)
+
+
+def test_body_stage_trains_every_layer_but_the_word_embeddings(tiny_student, sentiment_dir):
+    from gts_hf.trainer import train_body_contrastive
+
+    task = load_task(sentiment_dir)
+    model, tokenizer = GTSEngine(student=str(tiny_student), **FAST).build_student(task)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    flags = {name: param.requires_grad for name, param in model.named_parameters()}
+    summary = train_body_contrastive(model, tokenizer, task.train, steps=3, learning_rate=1e-3)
+    assert summary["body_steps"] == 3
+    changed = {name for name, param in model.named_parameters() if not torch.equal(param, before[name])}
+    word_embeddings = next(name for name, param in model.named_parameters()
+                           if param is model.encoder.get_input_embeddings().weight)
+    assert word_embeddings not in changed and "option_embeddings" not in changed
+    assert any(".layer.0." in name for name in changed) and any(".layer.1." in name for name in changed)
+    assert {name: param.requires_grad for name, param in model.named_parameters()} == flags  # restored
+
+
+def test_body_stage_is_off_in_fast_mode_and_with_zero_steps(tiny_student, sentiment_dir):
+    assert "body" not in train(tiny_student, sentiment_dir).record
+    assert "body" not in train(tiny_student, sentiment_dir, **STANDARD, body_steps=0).record
+
+
+def test_class_balanced_batches_hold_same_label_pairs():
+    import random
+
+    from gts_hf.trainer import class_balanced_batch
+
+    by_label = {label: list(range(label * 10, label * 10 + 10)) for label in range(20)}
+    batch, labels = class_balanced_batch(by_label, 32, random.Random(0))
+    assert len(batch) == 32 and len(set(labels)) == 16 and all(labels.count(label) == 2 for label in set(labels))
+    assert all(index // 10 == label for index, label in zip(batch, labels))
+    two_labels = {0: list(range(16)), 1: list(range(16, 32))}
+    batch, labels = class_balanced_batch(two_labels, 32, random.Random(0))
+    assert sorted(batch) == list(range(32))  # the whole training set when it fits in one batch
+
+
+def test_body_interpolation_averages_the_trained_and_starting_weights(tiny_student, sentiment_dir):
+    from gts_hf.trainer import train_body_contrastive
+
+    task = load_task(sentiment_dir)
+    engine = GTSEngine(student=str(tiny_student), **FAST)
+    outcomes = {}
+    for interpolation in (0.0, 0.5, 1.0):
+        model, tokenizer = engine.build_student(task)
+        start = {name: param.detach().clone() for name, param in model.encoder.named_parameters()}
+        torch.manual_seed(0)  # the same dropout masks in every run
+        train_body_contrastive(model, tokenizer, task.train, steps=3, learning_rate=1e-3, interpolation=interpolation)
+        outcomes[interpolation] = {name: param.detach() - start[name] for name, param in model.encoder.named_parameters()}
+    assert all(torch.equal(delta, torch.zeros_like(delta)) for delta in outcomes[0.0].values())
+    assert all(torch.allclose(outcomes[0.5][name], outcomes[1.0][name] / 2, atol=1e-6) for name in outcomes[1.0])
+    with pytest.raises(ValueError, match="body_interpolation must be within"):
+        GTSEngine(student=str(tiny_student), body_interpolation=1.5)

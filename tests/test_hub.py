@@ -292,3 +292,13 @@ def test_cli_push(loopback_hub, hub_repo_id, model_dir, task_dir, capsys):
 def test_cli_push_refuses_a_folder_that_is_not_a_model(hub_repo_id, tmp_path, capsys):
     assert main(["push", "--model", str(tmp_path), "--repo-id", hub_repo_id]) == 2
     assert "not a saved gts-hf model" in capsys.readouterr().err
+
+
+def test_model_card_rows_describe_the_body_stage():
+    from gts_hf.hub import _training_rows
+
+    record = {"mode": "standard", "body": {"body_steps": 40, "body_batch_size": 32, "body_learning_rate": 2e-05,
+                                           "body_loss_first": 0.36, "body_loss_last": 0.19, "dev_accuracy_after": 0.5}}
+    rows = dict(_training_rows(record, {}))
+    assert rows["contrastive body stage"] == ("40 steps of 32 texts, learning rate 2e-05, pair loss 0.36 → 0.19, dev "
+                                              "accuracy 0.5")

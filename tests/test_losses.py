@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from gts_hf.losses import mixup, rdrop_loss, soft_cross_entropy, supervised_contrastive_loss
+from gts_hf.losses import mixup, pairwise_cosine_loss, rdrop_loss, soft_cross_entropy, supervised_contrastive_loss
 
 
 def test_rdrop_is_zero_for_identical_predictions_and_positive_otherwise():
@@ -43,3 +43,20 @@ def test_contrastive_bank_excludes_the_anchor_itself():
     loss = supervised_contrastive_loss(embeddings, labels, bank=extra, bank_labels=torch.cat([labels, labels]),
                                        bank_positives=2, bank_ids=torch.arange(3))
     assert torch.isfinite(loss) and loss > 0
+
+
+def test_pairwise_cosine_loss_is_zero_for_identical_same_label_and_orthogonal_other_label_rows():
+    labels = torch.tensor([0, 0, 1, 1])
+    ideal = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert pairwise_cosine_loss(ideal, labels).abs() < 1e-6
+    collapsed = F.normalize(torch.ones(4, 2), dim=-1)  # every pair at cosine 1: the other-label pairs cost 1
+    assert torch.isclose(pairwise_cosine_loss(collapsed, labels), torch.tensor(0.5))
+
+
+def test_pairwise_cosine_loss_weighs_same_and_other_label_pairs_equally():
+    labels = torch.tensor([0, 0, 1, 2, 3])  # one same-label pair, nine other-label pairs
+    rows = F.normalize(torch.randn(5, 8), dim=-1)
+    cosines = rows @ rows.T
+    same = (cosines[0, 1] - 1).pow(2)
+    other = torch.stack([cosines[i, j].pow(2) for i in range(5) for j in range(i + 1, 5) if (i, j) != (0, 1)]).mean()
+    assert torch.isclose(pairwise_cosine_loss(rows, labels), (same + other) / 2)
