@@ -751,15 +751,22 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
     return lines
 
 
+#: Changes to the GTS recipe that older run files predate: (the change, the setting its runs record, the methods).
+RECIPE_CHANGES = (("the label prior", "label_prior_weight", GTS_METHODS),
+                  ("the body stage", "body_steps", ("gts-standard", "gts-advanced")))
+
+
 def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Name the GTS runs made before the label prior existed (their settings lack its weight; multiple choice has
-    no label texts, so no prior)."""
-    older = sorted({f"{record['task']} {record['method']}" for record in records
-                    if record["method"].startswith("gts-") and "label_prior_weight" not in record.get("settings", {})
-                    and record.get("data", {}).get("task_type") != "multiple_choice"})
-    if not older:
-        return []
-    return ["", f"Made before the label prior (an older recipe, not rerun): {', '.join(older)}."]
+    """Name the GTS runs made before each recipe change (their settings lack its setting; multiple choice has no
+    label texts, so no prior and no body stage)."""
+    lines = []
+    for change, setting, methods in RECIPE_CHANGES:
+        older = sorted({f"{record['task']} {record['method']}" for record in records
+                        if record["method"].startswith(methods) and setting not in record.get("settings", {})
+                        and record.get("data", {}).get("task_type") != "multiple_choice"})
+        if older:
+            lines += ["", f"Made before {change} (an older recipe, not rerun): {', '.join(older)}."]
+    return lines
 
 
 def _prior_ablation_lines(suite: str, records: list[dict[str, Any]]) -> list[str]:

@@ -121,6 +121,11 @@ def test_bench_fewclue_end_to_end(fewclue_root: Path, tiny_student: Path, tmp_pa
     older = {**fast, "settings": {key: value for key, value in fast["settings"].items() if key != "label_prior_weight"}}
     assert "before the label prior (an older recipe, not rerun): eprstmt gts-fast." in \
         bench.render_markdown([older], plot_name=None)
+    assert "before the body stage" not in results  # gts-fast has no body stage, and this one records its setting
+    standard = {**fast, "method": "gts-standard",
+                "settings": {key: value for key, value in fast["settings"].items() if key != "body_steps"}}
+    assert "before the body stage (an older recipe, not rerun): eprstmt gts-standard." in \
+        bench.render_markdown([standard], plot_name=None)
 
     assert main(argv) == 0
     assert capsys.readouterr().out.count("skipped (result exists") == 2

