@@ -17,9 +17,10 @@ zero-shot and the trained experts) before the kNN datastore is built.
 Nothing is written until training has succeeded; the output folder is then replaced in one step, so a failed run
 leaves the previous model intact.
 
-Several processes (``accelerate launch`` / ``torchrun``): fine-tuning is data-parallel (the Trainer's DDP); the head fit,
-the kNN datastore and the test evaluation run on the full data in every process (deterministic, so every replica
-ends identical, which the record checks); only the main process writes the output folder, the others wait for it.
+Several processes (``accelerate launch`` / ``torchrun``): fine-tuning is data-parallel (the Trainer's DDP); the body
+stage (a few dozen steps), the head fit, the kNN datastore and the test evaluation run on the full data in every
+process (same seed, same data, so every replica ends identical, which the record checks); only the main process
+writes the output folder, the others wait for it.
 """
 
 from __future__ import annotations

@@ -348,7 +348,8 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
     """(setting, value) rows of the recipe and the hyperparameters the engine chose."""
     rows = [("mode", record.get("mode")), ("student", _model_link(record.get("student"))),
             ("examples (train / dev / unlabelled)", _counts(record)), ("seed", record.get("seed"))]
-    rows += _body_rows(record.get("body") or {}) + _head_rows(record.get("head") or {}) + _finetune_rows(record.get("finetune") or {})
+    rows += _head_rows(record.get("head") or {}) + _body_rows(record.get("body") or {})
+    rows += _finetune_rows(record.get("finetune") or {})
     rows += _advanced_rows(record.get("advanced") or {}) + _prior_rows(record.get("label_prior") or {})
     rows += _knn_rows(knn, record.get("knn") or {})
     rows += [("training time", f"{record['train_seconds']} s" if "train_seconds" in record else None),
@@ -359,10 +360,12 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
 def _body_rows(body: dict[str, Any]) -> list[tuple[str, Any]]:
     if "body_steps" not in body:
         return []
+    outcome = "kept" if body.get("kept", True) else "undone (dev accuracy did not rise)"
+    loss = f"{_number(body.get('body_loss_first'))} → {_number(body.get('body_loss_last'))}"
+    dev = f"{_number(body.get('dev_accuracy_before'))} → {_number(body.get('dev_accuracy_after'))}"
     return [("contrastive body stage", f"{body['body_steps']} steps of {body.get('body_batch_size')} texts, learning "
-                                      f"rate {body.get('body_learning_rate')}, pair loss {_number(body.get('body_loss_first'))}"
-                                      f" → {_number(body.get('body_loss_last'))}, dev accuracy "
-                                      f"{_number(body.get('dev_accuracy_after'))}")]
+                                      f"rate {body.get('body_learning_rate')}, pair loss {loss}, dev accuracy {dev}: "
+                                      f"{outcome}")]
 
 
 def _head_rows(head: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments,
+                          get_linear_schedule_with_warmup)
 from transformers.trainer_utils import EvalPrediction
 
 from .configuration import check_unit_interval
@@ -483,8 +484,6 @@ def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Exampl
     ``interpolation`` < 1 averages the trained weights with the starting ones (WiSE-FT, Wortsman et al. 2022):
     ``start + interpolation · (trained − start)``, which keeps more of what the pretrained encoder knew."""
     check_unit_interval("interpolation", interpolation)
-    from transformers import get_linear_schedule_with_warmup
-
     config = model.config
     label_ids = [config.label2id[example.label] for example in examples]
     by_label: dict[int, list[int]] = {}

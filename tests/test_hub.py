@@ -297,8 +297,10 @@ def test_cli_push_refuses_a_folder_that_is_not_a_model(hub_repo_id, tmp_path, ca
 def test_model_card_rows_describe_the_body_stage():
     from gts_hf.hub import _training_rows
 
-    record = {"mode": "standard", "body": {"body_steps": 40, "body_batch_size": 32, "body_learning_rate": 2e-05,
-                                           "body_loss_first": 0.36, "body_loss_last": 0.19, "dev_accuracy_after": 0.5}}
-    rows = dict(_training_rows(record, {}))
+    body = {"body_steps": 40, "body_batch_size": 32, "body_learning_rate": 2e-05, "body_loss_first": 0.36,
+            "body_loss_last": 0.19, "dev_accuracy_before": 0.25, "dev_accuracy_after": 0.5, "kept": True}
+    rows = dict(_training_rows({"mode": "standard", "body": body}, {}))
     assert rows["contrastive body stage"] == ("40 steps of 32 texts, learning rate 2e-05, pair loss 0.36 → 0.19, dev "
-                                              "accuracy 0.5")
+                                              "accuracy 0.25 → 0.5: kept")
+    rows = dict(_training_rows({"mode": "standard", "body": {**body, "dev_accuracy_after": 0.25, "kept": False}}, {}))
+    assert rows["contrastive body stage"].endswith("0.25 → 0.25: undone (dev accuracy did not rise)")
