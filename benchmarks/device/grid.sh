@@ -14,7 +14,7 @@ python3 -c "from gts_hf.backbones import resolve_model_path, DEFAULT_STUDENT; pr
 OUTDIR=benchmarks/h100
 B="python3 -m gts_hf.cli bench"
 F="fewclue --data-root /tmp/data --output-dir $OUTDIR"
-E="english --data-root /tmp/data --output-dir $OUTDIR --shots 8"
+E="english --data-root /tmp/data --output-dir $OUTDIR"
 ALL6=eprstmt,tnews,iflytek,csldcp,ocnli,bustm
 queue() {  # queue NAME COMMAND...: the bench commands one after the other, each stopped at END
   local name=$1; shift
@@ -31,11 +31,11 @@ queue 6 "$F --tasks tnews,eprstmt --splits 0-4 --methods gts-standard,gts-fast"
 queue 7 "$F --tasks eprstmt,ocnli,bustm --splits 0-4 --methods setfit"
 queue 8 "$F --tasks ocnli,bustm --splits 0-4 --methods gts-standard,gts-fast"
 queue 9 "$F --tasks $ALL6 --splits 0-4 --methods finetune"
-queue 10 "$E --tasks sst5,cr,emotion --seeds 0-4 --methods gts-standard,setfit"
-queue 11 "$E --tasks amazon_counterfactual_en,ag_news --seeds 0-4 --methods gts-standard,setfit"
+queue 10 "$E --shots 8 --tasks sst5,cr,emotion --seeds 0-4 --methods gts-standard,setfit"
+queue 11 "$E --shots 8 --tasks amazon_counterfactual_en,ag_news --seeds 0-4 --methods gts-standard,setfit"
 queue 12 "$F --tasks $ALL6 --splits 0 --methods zeroshot" "$F --tasks chid,csl,cluewsc --splits 0 --methods gts-standard,zeroshot,gts-fast"
-queue 13 "$E --tasks sst5,cr,emotion,amazon_counterfactual_en,ag_news --seeds 0-4 --methods gts-fast,zeroshot,finetune"
-queue 14 "english --data-root /tmp/data --output-dir $OUTDIR --shots 64 --seeds 0 --tasks sst5,cr,emotion,amazon_counterfactual_en,ag_news --methods gts-standard,setfit"
+queue 13 "$E --shots 8 --tasks sst5,cr,emotion,amazon_counterfactual_en,ag_news --seeds 0-4 --methods gts-fast,zeroshot,finetune"
+queue 14 "$E --shots 64 --seeds 0 --tasks sst5,cr,emotion,amazon_counterfactual_en,ag_news --methods gts-standard,setfit"
 sleep 20; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv
 wait
 for f in /tmp/q_*.log; do echo "== $f"; grep -c "acc " $f; grep -E "FAILED" -A 3 $f | head -8; done
