@@ -753,7 +753,8 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
 
 #: Changes to the GTS recipe that older run files predate: (the change, the setting its runs record, the methods).
 RECIPE_CHANGES = (("the label prior", "label_prior_weight", GTS_METHODS),
-                  ("the body stage", "body_steps", ("gts-standard", "gts-advanced")))
+                  ("the body stage", "body_steps", ("gts-standard", "gts-advanced")),
+                  ("fine-tuning left standard", "finetune", ("gts-standard",)))
 
 
 def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:

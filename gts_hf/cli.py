@@ -51,12 +51,14 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 
 def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
     sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
-                     help="fast: head + kNN on frozen embeddings; standard: + a contrastive body stage and "
-                          "fine-tuning with GTS's recipe; "
-                          "advanced: + a teacher and a generator (an LLM) and distillation")
+                     help="fast: head + kNN on frozen embeddings; standard: + a contrastive body stage "
+                          "(multiple choice: fine-tuning with GTS's recipe); "
+                          "advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
     sub.add_argument("--max-seq-length", type=int, default=256, help="longer inputs are truncated")
+    sub.add_argument("--finetune", choices=("auto", "on", "off"), default="auto",
+                     help="option fine-tuning after the body stage; auto: in advanced mode and for multiple choice")
     sub.add_argument("--epochs", type=float, help="fine-tuning epochs (default: enough for ~30 optimiser steps)")
     sub.add_argument("--learning-rate", type=float, help="encoder learning rate (default 5e-5)")
     sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
@@ -228,7 +230,7 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
                        body_steps=args.body_steps, label_prior_weight=args.label_prior_weight,
-                       training_overrides=_overrides(args),
+                       finetune=args.finetune, training_overrides=_overrides(args),
                        advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record.get("knn", {})

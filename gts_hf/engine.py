@@ -6,10 +6,11 @@ Modes (each a superset of the one before):
   embeddings, then the kNN datastore is built and its ``k``/``λ`` tuned on dev. Seconds to a minute on a CPU.
 - ``standard``: ``fast``'s head, then a contrastive body stage reshapes the encoder's space around the labels
   (:func:`~gts_hf.trainer.train_body_contrastive`, SetFit's idea on in-batch pairs, the label texts included) and a
-  new head is fitted on it (the stage is kept if dev accuracy rises), then the encoder is fine-tuned with GTS's recipe
-  (:class:`~gts_hf.trainer.GTSTrainer`: R-Drop, mixup, masking, contrastive loss, best dev epoch), then kNN.
-- ``advanced``: ``standard``, then Generator-Teacher-Student (:mod:`gts_hf.advanced`): a causal-LM teacher and a
-  generator label and write extra texts, and the student is distilled on the verified ones, then kNN.
+  new head is fitted on it (the stage is kept if dev accuracy rises), then kNN. Multiple choice, which has no head,
+  is fine-tuned instead with GTS's recipe (:class:`~gts_hf.trainer.GTSTrainer`: option cross-entropy, R-Drop, mixup,
+  masking, contrastive loss, best dev epoch); ``finetune="on"`` fine-tunes every task after the body stage.
+- ``advanced``: ``standard`` with fine-tuning, then Generator-Teacher-Student (:mod:`gts_hf.advanced`): a causal-LM
+  teacher and a generator label and write extra texts, and the student is distilled on the verified ones, then kNN.
 
 Every mode ends by blending the label-text prior into the trained scores (``label_prior_weight``, a product of the
 zero-shot and the trained experts) before the kNN datastore is built.
@@ -17,9 +18,9 @@ zero-shot and the trained experts) before the kNN datastore is built.
 Nothing is written until training has succeeded; the output folder is then replaced in one step, so a failed run
 leaves the previous model intact.
 
-Several processes (``accelerate launch`` / ``torchrun``): fine-tuning is data-parallel (the Trainer's DDP); the body
-stage (a few dozen steps), the head fit, the kNN datastore and the test evaluation run on the full data in every
-process (same seed, same data, so every replica ends identical, which the record checks); only the main process
+Several processes (``accelerate launch`` / ``torchrun``): fine-tuning, where it runs, is data-parallel (the Trainer's
+DDP); the body stage (a few dozen steps), the head fit, the kNN datastore and the test evaluation run on the full data
+in every process (same seed, same data, so every replica ends identical, which the record checks); only the main process
 writes the output folder, the others wait for it.
 """
 
@@ -52,6 +53,7 @@ from .training_args import GTSTrainingArguments
 logger = logging.getLogger(__name__)
 
 MODES = ("fast", "standard", "advanced")
+FINETUNE_CHOICES = ("auto", "on", "off")
 RECORD_FILE = "gts_training.json"
 #: Multiple choice has no label vectors to fit and no fixed labels to vote for: the head fit, kNN and the advanced
 #: stage are skipped (recorded as such), and fine-tuning does the learning.
@@ -73,6 +75,7 @@ class EngineSettings:
     body_steps: int = 40
     body_learning_rate: float = 2e-5
     body_interpolation: float = 1.0
+    finetune: str = "auto"  # "auto" (advanced mode and multiple choice), "on" or "off"; see GTSEngine.fine_tunes
     min_finetune_steps: int = 30
     max_epochs: int = 30
     evaluations: int = 6
@@ -107,6 +110,8 @@ class GTSEngine:
     def __init__(self, mode: str = "standard", student: str = DEFAULT_STUDENT, seed: int = 42, **settings: Any):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if settings.get("finetune", "auto") not in FINETUNE_CHOICES:
+            raise ValueError(f"finetune must be one of {FINETUNE_CHOICES}, got {settings['finetune']!r}")
         self.settings = EngineSettings(mode=mode, student=student, seed=seed, **settings)
         for name in ("label_prior_weight", "body_interpolation"):  # before training, not after it
             check_unit_interval(name, getattr(self.settings, name))
@@ -126,7 +131,7 @@ class GTSEngine:
         record["head"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._fit_head(model, tokenizer, task)
         if settings.mode in ("standard", "advanced") and settings.body_steps > 0:
             record["body"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._train_body(model, tokenizer, task)
-        if settings.mode in ("standard", "advanced"):
+        if self.fine_tunes(task):
             record["finetune"] = self._finetune(model, tokenizer, task)
         if settings.mode == "advanced" and task.is_multiple_choice:
             record["advanced"] = NOT_FOR_CHOICES
@@ -148,6 +153,17 @@ class GTSEngine:
         if output_dir is not None:
             trained.output_dir = _save_from_main_process(trained, Path(output_dir))
         return trained
+
+    def fine_tunes(self, task: FewShotTask) -> bool:
+        """Whether training includes option fine-tuning (``standard`` and ``advanced`` modes only).
+
+        ``"auto"`` leaves it out of ``standard`` for labelled classes: after the head and the body stage it beat its
+        start on dev in 5 of 35 benchmark runs, and leaving it out of three of those moved test accuracy by -2.5, +2.2
+        and +0.4 points, for a third or more of the training time (benchmarks/ABLATION.md §6). Multiple choice has no
+        head, so there it is the stage that learns."""
+        if self.settings.mode == "fast" or self.settings.finetune == "off":
+            return False
+        return self.settings.finetune == "on" or self.settings.mode == "advanced" or task.is_multiple_choice
 
     def build_student(self, task: FewShotTask) -> tuple[GTSForFewShotClassification, Any]:
         """The untrained student: the backbone with the task's label options (already a zero-shot classifier)."""

@@ -126,6 +126,10 @@ def test_bench_fewclue_end_to_end(fewclue_root: Path, tiny_student: Path, tmp_pa
                 "settings": {key: value for key, value in fast["settings"].items() if key != "body_steps"}}
     assert "before the body stage (an older recipe, not rerun): eprstmt gts-standard." in \
         bench.render_markdown([standard], plot_name=None)
+    assert "before fine-tuning left standard" not in bench.render_markdown([standard], plot_name=None)
+    standard["settings"] = {key: value for key, value in standard["settings"].items() if key != "finetune"}
+    assert "before fine-tuning left standard (an older recipe, not rerun): eprstmt gts-standard." in \
+        bench.render_markdown([standard], plot_name=None)
 
     assert main(argv) == 0
     assert capsys.readouterr().out.count("skipped (result exists") == 2

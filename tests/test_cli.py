@@ -29,7 +29,7 @@ def test_train_writes_model_and_eval_results(trained_dir, capsys):
 def test_train_with_explicit_files_and_standard_mode(tiny_student, sentiment_dir, tmp_path):
     code = run("train", "--train", sentiment_dir / "train.json", "--dev", sentiment_dir / "dev.json",
                "--labels", sentiment_dir / "labels.json", "--output-dir", tmp_path / "std", "--mode", "standard",
-               "--student", tiny_student, "--epochs", 2, "--seed", 3)
+               "--student", tiny_student, "--finetune", "on", "--epochs", 2, "--seed", 3)
     assert code == 0
     record = json.loads((tmp_path / "std" / "gts_training.json").read_text())
     assert record["mode"] == "standard" and record["seed"] == 3 and record["finetune"]["epochs"] == 2

@@ -1,6 +1,7 @@
 """The production line on a tiny random student: modes, the training record, safe saving, save/load round trips."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -31,8 +32,8 @@ def test_fast_mode_writes_a_complete_model(tiny_student, sentiment_dir, tmp_path
     assert set(trained.test_metrics) >= {"accuracy", "macro_f1", "n", "texts_per_second"}
 
 
-def test_standard_mode_fine_tunes_and_keeps_the_best_dev_epoch(tiny_student, sentiment_dir):
-    trained = train(tiny_student, sentiment_dir, **STANDARD)
+def test_standard_mode_fine_tunes_on_request_and_keeps_the_best_dev_epoch(tiny_student, sentiment_dir):
+    trained = train(tiny_student, sentiment_dir, **STANDARD, finetune="on")
     finetune = trained.record["finetune"]
     assert finetune["steps"] >= 8
     assert finetune["best_dev_accuracy"] >= trained.record["zero_shot_dev_accuracy"]
@@ -156,6 +157,20 @@ def test_standard_mode_reshapes_the_encoder_before_the_head(tiny_student, sentim
     body = trained.record["body"]
     assert body["body_steps"] == 5 and body["body_loss_first"] is not None and body["head"]["head_steps"] == 50
     assert body["kept"] == (body["dev_accuracy_after"] > body["dev_accuracy_before"])
+    assert "finetune" not in trained.record  # standard's default: no option fine-tuning for labelled classes
+
+
+@pytest.mark.parametrize("mode, finetune, choices, expected", [
+    ("standard", "auto", False, False), ("standard", "auto", True, True), ("advanced", "auto", False, True),
+    ("standard", "on", False, True), ("advanced", "off", True, False), ("fast", "on", True, False)])
+def test_option_fine_tuning_runs_where_it_is_the_stage_that_learns(mode, finetune, choices, expected):
+    task = SimpleNamespace(is_multiple_choice=choices)
+    assert GTSEngine(mode=mode, finetune=finetune).fine_tunes(task) is expected
+
+
+def test_unknown_finetune_choice_is_refused():
+    with pytest.raises(ValueError, match="finetune must be one of"):
+        GTSEngine(finetune="yes")
 
 
 @pytest.mark.parametrize("dev_accuracies, kept", [((0.5, 0.75), True), ((0.75, 0.75), False)])
