@@ -110,9 +110,9 @@ class GTSEngine:
     def __init__(self, mode: str = "standard", student: str = DEFAULT_STUDENT, seed: int = 42, **settings: Any):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if settings.get("finetune", "auto") not in FINETUNE_CHOICES:
-            raise ValueError(f"finetune must be one of {FINETUNE_CHOICES}, got {settings['finetune']!r}")
         self.settings = EngineSettings(mode=mode, student=student, seed=seed, **settings)
+        if self.settings.finetune not in FINETUNE_CHOICES:
+            raise ValueError(f"finetune must be one of {FINETUNE_CHOICES}, got {self.settings.finetune!r}")
         for name in ("label_prior_weight", "body_interpolation"):  # before training, not after it
             check_unit_interval(name, getattr(self.settings, name))
 
@@ -158,9 +158,9 @@ class GTSEngine:
         """Whether training includes option fine-tuning (``standard`` and ``advanced`` modes only).
 
         ``"auto"`` leaves it out of ``standard`` for labelled classes: after the head and the body stage it beat its
-        start on dev in 5 of 35 benchmark runs, and leaving it out of three of those moved test accuracy by -2.5, +2.2
-        and +0.4 points, for a third or more of the training time (benchmarks/ABLATION.md §6). Multiple choice has no
-        head, so there it is the stage that learns."""
+        start on dev in 5 of 35 benchmark runs, leaving it out of three of those moved test accuracy by -2.5, +2.2 and
+        +0.4 points, and those reruns trained in up to 43% less time (benchmarks/ABLATION.md §6). Multiple choice has
+        no head, so there it is the stage that learns."""
         if self.settings.mode == "fast" or self.settings.finetune == "off":
             return False
         return self.settings.finetune == "on" or self.settings.mode == "advanced" or task.is_multiple_choice
