@@ -752,19 +752,21 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
 
 
 #: Changes to the GTS recipe that older run files predate: (the change, the setting its runs record, the methods).
-RECIPE_CHANGES = (("the label prior", "label_prior_weight", GTS_METHODS),
-                  ("the body stage", "body_steps", ("gts-standard", "gts-advanced")),
-                  ("fine-tuning left standard", "finetune", ("gts-standard",)))
+LABELLED = ("classification", "similarity", "nli")  # multiple choice has no label texts: no prior, no body stage
+RECIPE_CHANGES = (("the label prior", "label_prior_weight", GTS_METHODS, LABELLED),
+                  ("the body stage", "body_steps", ("gts-standard", "gts-advanced"), LABELLED),
+                  ("fine-tuning left standard", "finetune", ("gts-standard",), LABELLED),
+                  ("the cosine pair head", "pair_head", GTS_METHODS, ("similarity",)))
 
 
 def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Name the GTS runs made before each recipe change (their settings lack its setting; multiple choice has no
-    label texts, so no prior and no body stage)."""
+    """Name the GTS runs made before each recipe change (their settings lack its setting), among the task types the
+    change concerns."""
     lines = []
-    for change, setting, methods in RECIPE_CHANGES:
+    for change, setting, methods, task_types in RECIPE_CHANGES:
         older = sorted({f"{record['task']} {record['method']}" for record in records
                         if record["method"].startswith(methods) and setting not in record.get("settings", {})
-                        and record.get("data", {}).get("task_type") != "multiple_choice"})
+                        and record.get("data", {}).get("task_type") in task_types})
         if older:
             lines += ["", f"Made before {change} (an older recipe, not rerun): {', '.join(older)}."]
     return lines

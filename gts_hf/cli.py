@@ -66,6 +66,9 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
                      help="steps of the contrastive body stage (standard and advanced modes; 0: off)")
     sub.add_argument("--label-prior-weight", type=float, default=0.5,
                      help="weight of the label texts' zero-shot scores blended into the trained model's (0: off)")
+    sub.add_argument("--pair-head", choices=("auto", "cosine", "joint"), default="auto",
+                     help="sentence pairs: cosine, the two sentences' cosine leads (option vectors start tied); "
+                          "joint, option vectors start at the label texts; auto: cosine for similarity, joint for NLI")
 
 
 def _add_precision(sub: argparse.ArgumentParser) -> None:
@@ -230,7 +233,7 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
                        body_steps=args.body_steps, label_prior_weight=args.label_prior_weight,
-                       finetune=args.finetune, training_overrides=_overrides(args),
+                       finetune=args.finetune, pair_head=args.pair_head, training_overrides=_overrides(args),
                        advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record.get("knn", {})

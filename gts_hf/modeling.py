@@ -198,6 +198,12 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         self.pair_bias.zero_()
 
     @torch.no_grad()
+    def tie_label_options(self) -> None:
+        """Give every label the same option vector (their mean): the option term then adds the same score to every
+        label and cancels, so a pair task is scored by its pair-cosine term until the vectors move apart."""
+        self.option_embeddings.copy_(self.option_embeddings.mean(0, keepdim=True).expand_as(self.option_embeddings))
+
+    @torch.no_grad()
     def set_label_prior(self, tokenizer: Any, weight: float) -> None:
         """Blend the label-text prior into the scores with weight ``weight`` (see ``GTSConfig.label_prior_weight``):
         the label options are embedded by the current encoder, so call it once training has finished."""

@@ -130,6 +130,12 @@ def test_bench_fewclue_end_to_end(fewclue_root: Path, tiny_student: Path, tmp_pa
     standard["settings"] = {key: value for key, value in standard["settings"].items() if key != "finetune"}
     assert "before fine-tuning left standard (an older recipe, not rerun): eprstmt gts-standard." in \
         bench.render_markdown([standard], plot_name=None)
+    assert "before the cosine pair head" not in bench.render_markdown([standard], plot_name=None)  # single texts
+    standard["data"] = {**standard["data"], "task_type": "similarity"}
+    assert "before the cosine pair head" not in bench.render_markdown([standard], plot_name=None)  # records it
+    standard["settings"] = {key: value for key, value in standard["settings"].items() if key != "pair_head"}
+    assert "before the cosine pair head (an older recipe, not rerun): eprstmt gts-standard." in \
+        bench.render_markdown([standard], plot_name=None)
 
     assert main(argv) == 0
     assert capsys.readouterr().out.count("skipped (result exists") == 2

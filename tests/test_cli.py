@@ -35,6 +35,14 @@ def test_train_with_explicit_files_and_standard_mode(tiny_student, sentiment_dir
     assert record["mode"] == "standard" and record["seed"] == 3 and record["finetune"]["epochs"] == 2
 
 
+@pytest.mark.parametrize("pair_head, prior_skipped", [("auto", True), ("joint", False)])  # the folder: similarity
+def test_pair_head_flag_reaches_the_engine(tiny_student, pair_dir, tmp_path, pair_head, prior_skipped):
+    assert run("train", "--data-dir", pair_dir, "--output-dir", tmp_path / "pair_model", "--mode", "fast",
+               "--student", tiny_student, "--pair-head", pair_head) == 0
+    record = json.loads((tmp_path / "pair_model" / "gts_training.json").read_text())
+    assert ("skipped" in record["label_prior"]) is prior_skipped
+
+
 def test_evaluate_json(trained_dir, sentiment_dir, capsys):
     capsys.readouterr()
     assert run("evaluate", "--model", trained_dir, "--data", sentiment_dir / "test.json", "--json") == 0

@@ -57,6 +57,45 @@ def test_pair_task_trains_with_the_similarity_term(tiny_student, pair_dir):
     assert prediction.pair_similarity is not None and prediction.probabilities.shape == (4, 2)
 
 
+@pytest.mark.parametrize("pair_head, task_type, cosine", [
+    ("auto", "similarity", True), ("auto", "nli", False), ("cosine", "nli", True), ("joint", "similarity", False)])
+def test_the_cosine_pair_head_is_for_similarity_unless_asked(pair_head, task_type, cosine):
+    task = SimpleNamespace(is_pair=True, task_type=task_type)
+    assert GTSEngine(pair_head=pair_head).cosine_pair_head(task) is cosine
+    assert GTSEngine(pair_head=pair_head).cosine_pair_head(SimpleNamespace(is_pair=False)) is False
+
+
+@pytest.mark.parametrize("pair_head", ["cosine", "joint"])
+def test_pair_head_cosine_ties_the_options_and_joint_fits_them(tiny_student, pair_dir, pair_head):
+    trained = train(tiny_student, pair_dir, pair_head=pair_head, use_knn=False)
+    options = trained.model.option_embeddings
+    if pair_head == "cosine":  # started tied, held near the tie; the constant start is never the kept step
+        assert torch.nn.functional.cosine_similarity(options[0], options[1], dim=0) > 0.99
+        assert trained.record["head"]["head_best_step"] > 0
+    assert ("skipped" in trained.record["label_prior"]) is (pair_head == "cosine")
+    assert (trained.model.config.label_prior_weight == 0) is (pair_head == "cosine")
+
+
+def test_tied_options_cancel_out_of_the_scores(tiny_student, pair_dir):
+    model, _ = GTSEngine(student=str(tiny_student), **FAST).build_student(load_task(pair_dir))
+    model.tie_label_options()
+    with torch.no_grad():
+        model.pair_weight.copy_(torch.tensor([1.0, -1.0]))
+        embeddings = torch.nn.functional.normalize(torch.randn(3, model.config.hidden_size), dim=-1)
+        logits = model.score(embeddings, torch.full((3,), 0.5))
+    margins = logits[:, 1] - logits[:, 0]  # the same for every input: only the (equal) cosine moves it
+    assert torch.allclose(margins, margins[:1].expand_as(margins), atol=1e-5)
+
+
+def test_tied_options_refuse_single_texts(tiny_student, sentiment_dir):
+    from gts_hf.trainer import fit_head
+
+    model, _ = GTSEngine(student=str(tiny_student), **FAST).build_student(load_task(sentiment_dir))
+    with pytest.raises(ValueError, match="tie_options needs pair features"):
+        fit_head(model, {"embeddings": torch.zeros(2, model.config.hidden_size)}, torch.tensor([0, 1]),
+                 tie_options=True)
+
+
 def test_same_seed_same_model(tiny_student, sentiment_dir):
     first, second = (train(tiny_student, sentiment_dir) for _ in range(2))
     assert torch.equal(first.model.option_embeddings, second.model.option_embeddings)
@@ -168,9 +207,12 @@ def test_option_fine_tuning_runs_where_it_is_the_stage_that_learns(mode, finetun
     assert GTSEngine(mode=mode, finetune=finetune).fine_tunes(task) is expected
 
 
-def test_unknown_finetune_choice_is_refused():
-    with pytest.raises(ValueError, match="finetune must be one of"):
-        GTSEngine(finetune="yes")
+@pytest.mark.parametrize("setting, value, message", [("finetune", "yes", "finetune must be one of"),
+                                                     ("pair_head", "cross", "pair_head must be one of"),
+                                                     ("pair_anchor_weight", -1.0, "pair_anchor_weight must be >= 0")])
+def test_bad_settings_are_refused(setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        GTSEngine(**{setting: value})
 
 
 @pytest.mark.parametrize("dev_accuracies, kept", [((0.5, 0.75), True), ((0.75, 0.75), False)])
@@ -231,6 +273,21 @@ def test_class_balanced_batches_hold_same_label_pairs():
     two_labels = {0: list(range(16)), 1: list(range(16, 32))}
     batch, labels = class_balanced_batch(two_labels, 32, random.Random(0))
     assert sorted(batch) == list(range(32))  # the whole training set when it fits in one batch
+
+
+def test_embedding_by_length_matches_one_padded_batch(tiny_student, sentiment_dir):
+    from gts_hf.inference import encode_examples
+    from gts_hf.trainer import embed_by_length
+
+    task = load_task(sentiment_dir)
+    model, tokenizer = GTSEngine(student=str(tiny_student), **FAST).build_student(task)
+    texts = [example.text * (1 + index % 5) for index, example in enumerate(task.train)]  # mixed lengths
+    inputs = encode_examples(tokenizer, model.config, texts)
+    model.eval()
+    with torch.no_grad():
+        padded = model.embed(inputs["input_ids"], inputs["attention_mask"])
+        by_length = embed_by_length(model, inputs["input_ids"], inputs["attention_mask"], chunk_size=3)
+    assert torch.allclose(padded, by_length, atol=1e-5)
 
 
 def test_body_interpolation_averages_the_trained_and_starting_weights(tiny_student, sentiment_dir):
