@@ -751,7 +751,8 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
     return lines
 
 
-#: Changes to the GTS recipe that older run files predate: (the change, the setting its runs record, the methods).
+#: Changes to the GTS recipe that older run files predate: (the change, the setting its runs record, the methods, the
+#: task types it concerns).
 LABELLED = ("classification", "similarity", "nli")  # multiple choice has no label texts: no prior, no body stage
 RECIPE_CHANGES = (("the label prior", "label_prior_weight", GTS_METHODS, LABELLED),
                   ("the body stage", "body_steps", ("gts-standard", "gts-advanced"), LABELLED),

@@ -78,7 +78,7 @@ class EngineSettings:
     head_steps: int = 300
     head_learning_rate: float = 1e-2
     head_anchor_weight: float = 1.0
-    pair_head: str = "auto"  # pairs: "cosine" (tied options, the cosine leads), "joint" (label options); see below
+    pair_head: str = "auto"  # "auto", "cosine" or "joint"; see GTSEngine.cosine_pair_head
     pair_anchor_weight: float = 100.0  # how closely the cosine head's option vectors stay tied
     body_steps: int = 40
     body_learning_rate: float = 2e-5
@@ -185,8 +185,8 @@ class GTSEngine:
 
         ``"auto"`` uses it for similarity tasks, whose question (do the two sentences mean the same?) is what the
         cosine measures, and not for NLI, where entailment is not symmetric. Over BUSTM splits 0-4 ``standard`` went
-        from 59.45% to 63.97%; on OCNLI the cosine head lost to the label-text start, about 36% against 38.39%
-        (benchmarks/ABLATION.md §10)."""
+        from 59.45% to 63.97%; on OCNLI splits 0-3 the cosine head lost to the label-text start, 36.19% against
+        38.83% (benchmarks/ABLATION.md §10)."""
         if not task.is_pair or self.settings.pair_head == "joint":
             return False
         return self.settings.pair_head == "cosine" or task.task_type == "similarity"

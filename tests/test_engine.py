@@ -66,7 +66,7 @@ def test_the_cosine_pair_head_is_for_similarity_unless_asked(pair_head, task_typ
 
 
 @pytest.mark.parametrize("pair_head", ["cosine", "joint"])
-def test_pair_head_cosine_ties_the_options_and_joint_fits_them(tiny_student, pair_dir, pair_head):
+def test_pair_head_cosine_ties_the_options_and_drops_the_prior(tiny_student, pair_dir, pair_head):
     trained = train(tiny_student, pair_dir, pair_head=pair_head, use_knn=False)
     options = trained.model.option_embeddings
     if pair_head == "cosine":  # started tied, held near the tie; the constant start is never the kept step
