@@ -751,22 +751,34 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
     return lines
 
 
-#: Changes to the GTS recipe that older run files predate: (the change, the setting its runs record, the methods, the
-#: task types it concerns).
+#: Changes to the GTS recipe that older run files predate: (the change, where its runs record it in the run file, the
+#: methods, the task types it concerns).
 LABELLED = ("classification", "similarity", "nli")  # multiple choice has no label texts: no prior, no body stage
-RECIPE_CHANGES = (("the label prior", "label_prior_weight", GTS_METHODS, LABELLED),
-                  ("the body stage", "body_steps", ("gts-standard", "gts-advanced"), LABELLED),
-                  ("fine-tuning left standard", "finetune", ("gts-standard",), LABELLED),
-                  ("the cosine pair head", "pair_head", GTS_METHODS, ("similarity",)))
+BODY_METHODS = ("gts-standard", "gts-advanced")
+RECIPE_CHANGES = (("the label prior", ("settings", "label_prior_weight"), GTS_METHODS, LABELLED),
+                  ("the body stage", ("settings", "body_steps"), BODY_METHODS, LABELLED),
+                  ("fine-tuning left standard", ("settings", "finetune"), ("gts-standard",), LABELLED),
+                  ("the cosine pair head", ("settings", "pair_head"), GTS_METHODS, ("similarity",)),
+                  ("similarity pairs left the body stage and kNN", ("details", "knn", "skipped"), GTS_METHODS,
+                   ("similarity",)))
+
+
+def _predates(record: dict[str, Any], path: tuple[str, ...]) -> bool:
+    """Whether the record lacks the last key of ``path`` where the rest of the path is there (a run with kNN turned off
+    says nothing about where it applies)."""
+    parent: Any = record
+    for key in path[:-1]:
+        parent = parent.get(key) if isinstance(parent, dict) else None
+    return isinstance(parent, dict) and path[-1] not in parent
 
 
 def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:
-    """Name the GTS runs made before each recipe change (their settings lack its setting), among the task types the
-    change concerns."""
+    """Name the GTS runs made before each recipe change (their files lack what it records), among the task types
+    the change concerns."""
     lines = []
-    for change, setting, methods, task_types in RECIPE_CHANGES:
+    for change, path, methods, task_types in RECIPE_CHANGES:
         older = sorted({f"{record['task']} {record['method']}" for record in records
-                        if record["method"].startswith(methods) and setting not in record.get("settings", {})
+                        if record["method"].startswith(methods) and _predates(record, path)
                         and record.get("data", {}).get("task_type") in task_types})
         if older:
             lines += ["", f"Made before {change} (an older recipe, not rerun): {', '.join(older)}."]

@@ -237,8 +237,8 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
                        advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record.get("knn", {})
-    print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}); kNN k={knn.get('k')} "
-          f"λ={knn.get('lambda')}; saved to {trained.output_dir}")
+    retrieval = f"kNN k={knn['k']} λ={knn['lambda']}" if "k" in knn else f"no kNN ({knn.get('skipped', 'off')})"
+    print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}); {retrieval}; saved to {trained.output_dir}")
     if trained.test_metrics:
         print(_format_metrics(trained.test_metrics))
     return trained

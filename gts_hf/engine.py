@@ -6,16 +6,17 @@ Modes (each a superset of the one before):
   embeddings, then the kNN datastore is built and its ``k``/``λ`` tuned on dev. Seconds to a minute on a CPU.
 - ``standard``: ``fast``'s head, then a contrastive body stage reshapes the encoder's space around the labels
   (:func:`~gts_hf.trainer.train_body_contrastive`, SetFit's idea on in-batch pairs, the label texts included) and a
-  new head is fitted on it (the stage is kept if dev accuracy rises), then kNN. Multiple choice, which has no head,
-  is fine-tuned instead with GTS's recipe (:class:`~gts_hf.trainer.GTSTrainer`: option cross-entropy, R-Drop, mixup,
-  masking, contrastive loss, best dev epoch); ``finetune="on"`` fine-tunes every task after the body stage.
+  new head is fitted on it (the stage is kept if dev accuracy rises; similarity pairs, led by the sentences' cosine,
+  skip it), then kNN. Multiple choice, which has no head, is fine-tuned instead with GTS's recipe
+  (:class:`~gts_hf.trainer.GTSTrainer`: option cross-entropy, R-Drop, mixup, masking, contrastive loss, best dev
+  epoch); ``finetune="on"`` fine-tunes every task after the body stage.
 - ``advanced``: ``standard`` with fine-tuning, then Generator-Teacher-Student (:mod:`gts_hf.advanced`): a causal-LM
   teacher and a generator label and write extra texts, and the student is distilled on the verified ones, then kNN.
 
 Every mode ends by blending the label-text prior into the trained scores (``label_prior_weight``, a product of the
 zero-shot and the trained experts) before the kNN datastore is built. Similarity pairs are scored mainly by the cosine of
 the two sentences (``pair_head``, :meth:`GTSEngine.cosine_pair_head`): their option vectors start tied, not at the
-label texts, and no label-text prior is blended in.
+label texts, no label-text prior is blended in, and neither the body stage nor kNN applies to them.
 
 Nothing is written until training has succeeded; the output folder is then replaced in one step, so a failed run
 leaves the previous model intact.
@@ -64,6 +65,15 @@ NOT_FOR_CHOICES = {"skipped": "multiple choice: each example brings its own opti
 #: The label texts scored against a jointly encoded pair do worse than chance on BUSTM (zero-shot 44.7%): the cosine
 #: pair head does not start from them, and no label-text prior is blended in either.
 NO_PRIOR_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head scores pairs without label texts"}
+#: On 32 sentence pairs a body stage cannot improve the sentences' cosine, which leads the cosine pair head: it
+#: memorises the training pairs, and the head refitted on them places its threshold worse. Both stages tried lowered
+#: BUSTM on average (benchmarks/ABLATION.md §12).
+NO_BODY_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head: the body stage memorises the training pairs"}
+#: Neighbours in the joint pair encoding share a topic, which says nothing about whether two sentences mean the same:
+#: on BUSTM kNN lowered the cosine head's test accuracy on 4 of 5 splits, by 8.5 points on one, and the fifth chose
+#: λ = 0 (benchmarks/ABLATION.md §12).
+NO_KNN_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head: neighbours in the joint encoding share a topic, not a "
+                                      "meaning"}
 EVAL_FILE = "eval_results.json"
 
 
@@ -142,7 +152,7 @@ class GTSEngine:
         record["zero_shot_dev_accuracy"] = _dev_accuracy(model, tokenizer, task)
         record["head"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._fit_head(model, tokenizer, task)
         if settings.mode in ("standard", "advanced") and settings.body_steps > 0:
-            record["body"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._train_body(model, tokenizer, task)
+            record["body"] = self._body_stage(model, tokenizer, task)
         if self.fine_tunes(task):
             record["finetune"] = self._finetune(model, tokenizer, task)
         if settings.mode == "advanced" and task.is_multiple_choice:
@@ -157,7 +167,7 @@ class GTSEngine:
             record["label_prior"] = NO_PRIOR_FOR_COSINE_PAIRS if self.cosine_pair_head(task) else \
                 self._blend_label_prior(model, tokenizer, task)
         if settings.use_knn:
-            record["knn"] = NOT_FOR_CHOICES if task.is_multiple_choice else attach_knn(model, tokenizer, task)
+            record["knn"] = self._knn_stage(model, tokenizer, task)
         record["train_seconds"] = round(time.perf_counter() - started, 2)
         if _num_processes() > 1:
             record["distributed"] = _compare_replicas(model)
@@ -204,6 +214,23 @@ class GTSEngine:
         model.to(_device())
         model.set_label_options(tokenizer)
         return model, tokenizer
+
+    def _body_stage(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
+        """The body stage's record entry: trained (:meth:`_train_body`), or why it does not apply to the task."""
+        if task.is_multiple_choice:
+            return NOT_FOR_CHOICES
+        if self.cosine_pair_head(task):
+            return NO_BODY_FOR_COSINE_PAIRS
+        return self._train_body(model, tokenizer, task)
+
+    def _knn_stage(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
+        """The kNN datastore's record entry: built and tuned (:func:`attach_knn`), or why it does not apply."""
+        if task.is_multiple_choice:
+            return NOT_FOR_CHOICES
+        if self.cosine_pair_head(task):
+            model.knn = None
+            return NO_KNN_FOR_COSINE_PAIRS
+        return attach_knn(model, tokenizer, task)
 
     def _train_body(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
         """The contrastive body stage, then a fresh head on the reshaped encoder (options re-embedded, head refitted).

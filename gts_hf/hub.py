@@ -291,7 +291,7 @@ def _tags(config: GTSConfig, record: dict[str, Any]) -> list[str]:
     tags = [LIBRARY_NAME, "few-shot", "text-classification", "gts"]
     if config.task_type != "classification":
         tags.append(config.task_type)
-    if "knn" in record:
+    if "k" in record.get("knn", {}):  # a datastore was built (not skipped)
         tags.append("knn")
     if record.get("mode"):
         tags.append(f"gts-{record['mode']}")
@@ -358,6 +358,8 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
 
 
 def _body_rows(body: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "skipped" in body:
+        return [("contrastive body stage", f"skipped ({body['skipped']})")]
     if "body_steps" not in body:
         return []
     outcome = "kept" if body.get("kept", True) else "undone (dev accuracy did not rise)"

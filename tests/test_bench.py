@@ -136,6 +136,13 @@ def test_bench_fewclue_end_to_end(fewclue_root: Path, tiny_student: Path, tmp_pa
     standard["settings"] = {key: value for key, value in standard["settings"].items() if key != "pair_head"}
     assert "before the cosine pair head (an older recipe, not rerun): eprstmt gts-standard." in \
         bench.render_markdown([standard], plot_name=None)
+    standard["details"] = {key: value for key, value in standard["details"].items() if key != "knn"}
+    assert "before similarity pairs left" not in bench.render_markdown([standard], plot_name=None)  # no kNN record
+    standard["details"]["knn"] = {"k": 4, "lambda": 0.5}
+    assert "before similarity pairs left the body stage and kNN (an older recipe, not rerun): eprstmt gts-standard." \
+        in bench.render_markdown([standard], plot_name=None)
+    standard["details"]["knn"] = {"skipped": "the cosine pair head"}
+    assert "before similarity pairs left" not in bench.render_markdown([standard], plot_name=None)
 
     assert main(argv) == 0
     assert capsys.readouterr().out.count("skipped (result exists") == 2

@@ -36,11 +36,13 @@ def test_train_with_explicit_files_and_standard_mode(tiny_student, sentiment_dir
 
 
 @pytest.mark.parametrize("pair_head, prior_skipped", [("auto", True), ("joint", False)])  # the folder: similarity
-def test_pair_head_flag_reaches_the_engine(tiny_student, pair_dir, tmp_path, pair_head, prior_skipped):
+def test_pair_head_flag_reaches_the_engine(tiny_student, pair_dir, tmp_path, capsys, pair_head, prior_skipped):
     assert run("train", "--data-dir", pair_dir, "--output-dir", tmp_path / "pair_model", "--mode", "fast",
                "--student", tiny_student, "--pair-head", pair_head) == 0
     record = json.loads((tmp_path / "pair_model" / "gts_training.json").read_text())
     assert ("skipped" in record["label_prior"]) is prior_skipped
+    printed = capsys.readouterr().out  # the cosine head has no kNN datastore, and says so
+    assert ("no kNN (the cosine pair head" in printed) is prior_skipped and ("kNN k=" in printed) is not prior_skipped
 
 
 def test_evaluate_json(trained_dir, sentiment_dir, capsys):

@@ -76,6 +76,18 @@ def test_pair_head_cosine_ties_the_options_and_drops_the_prior(tiny_student, pai
     assert (trained.model.config.label_prior_weight == 0) is (pair_head == "cosine")
 
 
+@pytest.mark.parametrize("pair_head", ["cosine", "joint"])
+def test_cosine_led_pairs_skip_the_body_stage_and_knn(tiny_student, pair_dir, tmp_path, pair_head):
+    trained = train(tiny_student, pair_dir, tmp_path / "model", **STANDARD, body_steps=3, pair_head=pair_head)
+    cosine = pair_head == "cosine"
+    assert ("skipped" in trained.record["body"]) is cosine and ("kept" in trained.record["body"]) is not cosine
+    assert ("skipped" in trained.record["knn"]) is cosine and (trained.model.knn is None) is cosine
+    assert (tmp_path / "model" / "knn").is_dir() is not cosine
+    reloaded, tokenizer = load_trained(tmp_path / "model")
+    assert (reloaded.knn is None) is cosine
+    assert predict(reloaded, tokenizer, load_task(pair_dir).dev).label_ids.shape == (4,)
+
+
 def test_tied_options_cancel_out_of_the_scores(tiny_student, pair_dir):
     model, _ = GTSEngine(student=str(tiny_student), **FAST).build_student(load_task(pair_dir))
     model.tie_label_options()

@@ -304,3 +304,5 @@ def test_model_card_rows_describe_the_body_stage():
                                               "accuracy 0.25 → 0.5: kept")
     rows = dict(_training_rows({"mode": "standard", "body": {**body, "dev_accuracy_after": 0.25, "kept": False}}, {}))
     assert rows["contrastive body stage"].endswith("0.25 → 0.25: undone (dev accuracy did not rise)")
+    rows = dict(_training_rows({"mode": "standard", "body": {"skipped": "the cosine pair head"}}, {}))
+    assert rows["contrastive body stage"] == "skipped (the cosine pair head)"

@@ -192,15 +192,17 @@ def test_remote_module_has_the_library_config_and_weights(remote, sentiment_mode
         (library_model.knn.settings.k, library_model.knn.settings.lam, library_model.knn.settings.temperature)
 
 
-@pytest.mark.parametrize("search", ["faiss", "numpy"])
-@pytest.mark.parametrize("kind", ["sentiment", "pair"])
+@pytest.mark.parametrize(("kind", "search"), [("sentiment", "faiss"), ("sentiment", "numpy"), ("pair", None)])
 def test_remote_module_predicts_like_gts_hf(remote, request, monkeypatch, kind, search):
+    """Similarity pairs (the cosine pair head) have no datastore; the sentiment model's kNN is searched both ways."""
     model_dir, inputs = _model(request, kind)
     if search == "numpy":
         monkeypatch.setattr(remote, "faiss", None)
     model = remote.GTSForFewShotClassification.from_pretrained(model_dir)
-    assert (model.knn.index is not None) == (search == "faiss")
-    if kind == "sentiment":
+    if search is None:
+        assert model.knn is None
+    else:
+        assert (model.knn.index is not None) == (search == "faiss")
         assert model.knn.lam > 0, "λ > 0: the kNN vote must be part of the comparison"
     classifier = remote.GTSFewShotPipeline(model=model, tokenizer=AutoTokenizer.from_pretrained(model_dir))
     np.testing.assert_allclose(_pipeline_probabilities(classifier, inputs), _reference(model_dir, inputs),
@@ -300,13 +302,13 @@ def test_gts_hf_never_needs_trust_remote_code(hub_repo_id, sentiment_model):
     assert not any(name.endswith("gts_remote") for name in sys.modules)
 
 
-@pytest.mark.parametrize(("kind", "hidden", "check_refusal"), [
-    ("sentiment", ["gts_hf"], True),
-    ("sentiment", ["gts_hf", "faiss"], False),
-    ("pair", ["gts_hf", "faiss"], False),
-], ids=["faiss", "numpy", "pair-numpy"])
+@pytest.mark.parametrize(("kind", "hidden", "check_refusal", "knn_search"), [
+    ("sentiment", ["gts_hf"], True, "faiss"),
+    ("sentiment", ["gts_hf", "faiss"], False, "numpy"),
+    ("pair", ["gts_hf", "faiss"], False, None),  # the cosine pair head has no datastore
+], ids=["faiss", "numpy", "pair"])
 def test_pipeline_with_trust_remote_code_and_without_gts_hf(request, hub_repo_id, tmp_path, kind, hidden,
-                                                            check_refusal):
+                                                            check_refusal, knn_search):
     model_dir, inputs = _model(request, kind)
     push_model(model_dir, hub_repo_id)
     child = {"repo_id": hub_repo_id, "inputs": inputs, "hidden": hidden, "check_refusal": check_refusal,
@@ -319,7 +321,7 @@ def test_pipeline_with_trust_remote_code_and_without_gts_hf(request, hub_repo_id
                         [len(RESULT_MARKER):])
 
     assert not result["gts_hf_imported"] and "gts_remote" in result["pipeline_class"]
-    assert result["knn_search"] == ("numpy" if "faiss" in hidden else "faiss")
+    assert result["knn_search"] == knn_search
     np.testing.assert_allclose(np.array(result["probabilities"]), _reference(model_dir, inputs), atol=TOLERANCE,
                                rtol=0)
     assert len(result["single"]) == 1 and set(result["single"][0]) == {"label", "score"}
