@@ -52,7 +52,8 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
     sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
                      help="fast: head + kNN on frozen embeddings; standard: + a contrastive body stage "
-                          "(multiple choice: fine-tuning with GTS's recipe); "
+                          "(multiple choice: fine-tuning with GTS's recipe; similarity pairs: neither kNN nor "
+                          "the body stage); "
                           "advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)

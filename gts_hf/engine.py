@@ -66,8 +66,8 @@ NOT_FOR_CHOICES = {"skipped": "multiple choice: each example brings its own opti
 #: pair head does not start from them, and no label-text prior is blended in either.
 NO_PRIOR_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head scores pairs without label texts"}
 #: On 32 sentence pairs a body stage cannot improve the sentences' cosine, which leads the cosine pair head: it
-#: memorises the training pairs, and the head refitted on them places its threshold worse. Both stages tried lowered
-#: BUSTM on average (benchmarks/ABLATION.md §12).
+#: memorises the training pairs, and the head refitted on them places its threshold worse. Both stages tried scored
+#: below the head alone on BUSTM (benchmarks/ABLATION.md §12).
 NO_BODY_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head: the body stage memorises the training pairs"}
 #: Neighbours in the joint pair encoding share a topic, which says nothing about whether two sentences mean the same:
 #: on BUSTM kNN lowered the cosine head's test accuracy on 4 of 5 splits, by 8.5 points on one, and the fifth chose
@@ -196,7 +196,8 @@ class GTSEngine:
         ``"auto"`` uses it for similarity tasks, whose question (do the two sentences mean the same?) is what the
         cosine measures, and not for NLI, where entailment is not symmetric. Over BUSTM splits 0-4 ``standard`` went
         from 59.45% to 63.97%; on OCNLI splits 0-3 the cosine head lost to the label-text start, 36.19% against
-        38.83% (benchmarks/ABLATION.md §10)."""
+        38.83% (benchmarks/ABLATION.md §10). Such tasks also skip the label-text prior, the body stage and kNN, which
+        took BUSTM to 67.47% (§12)."""
         if not task.is_pair or self.settings.pair_head == "joint":
             return False
         return self.settings.pair_head == "cosine" or task.task_type == "similarity"
@@ -236,7 +237,8 @@ class GTSEngine:
         """The contrastive body stage, then a fresh head on the reshaped encoder (options re-embedded, head refitted).
         Kept only if the head-only model's dev accuracy (label prior included) goes up: the stage is worth up to 14
         points where the pretrained space mixes the classes, and costs up to 10 where the label texts already
-        separate them, or on sentence pairs (benchmarks/ABLATION.md). Without dev data it is kept."""
+        separate them, or on NLI pairs (benchmarks/ABLATION.md). Without dev data it is kept. Similarity pairs never
+        reach it (:meth:`_body_stage`)."""
         settings = self.settings
         before = self._dev_accuracy_with_prior(model, tokenizer, task)
         saved = _trainable_copy(model)
@@ -254,8 +256,6 @@ class GTSEngine:
     def _dev_accuracy_with_prior(self, model: GTSForFewShotClassification, tokenizer: Any,
                                  task: FewShotTask) -> float | None:
         """Dev accuracy as the finished model would score (the label prior blended in), the model left unchanged."""
-        if self.cosine_pair_head(task):
-            return _dev_accuracy(model, tokenizer, task)
         weight, prior = model.config.label_prior_weight, model.label_prior.clone()
         model.set_label_prior(tokenizer, self.settings.label_prior_weight)
         try:

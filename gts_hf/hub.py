@@ -253,7 +253,7 @@ def render_model_card(
     test_metrics = _read_json(model_dir / EVAL_FILE)
     knn = _read_json(model_dir / KNN_CONFIG)
     quoted = _examples_per_label(_load_examples(examples, data_dir), config.labels, per_label)
-    card_data = _card_data(config, record, test_metrics, repo_id, quoted, license, datasets)
+    card_data = _card_data(config, record, test_metrics, repo_id, quoted, license, datasets, has_knn=bool(knn))
     template = template_text(CARD_TEMPLATE)
     return ModelCard.from_template(
         card_data, template_str=template, repo_id=repo_id, model_name=repo_id.split("/")[-1],
@@ -268,13 +268,14 @@ def render_model_card(
 
 def _card_data(config: GTSConfig, record: dict[str, Any], test_metrics: dict[str, Any], repo_id: str,
                quoted: Mapping[str, list[Example]], license: str,
-               datasets: str | Sequence[str] | None) -> ModelCardData:
+               datasets: str | Sequence[str] | None, has_knn: bool) -> ModelCardData:
     dataset_ids = [datasets] if isinstance(datasets, str) else list(datasets or [])
     eval_results = _eval_results(test_metrics, dataset_ids[0] if dataset_ids else None)
     return ModelCardData(
         library_name=LIBRARY_NAME, pipeline_tag=PIPELINE_TAG, license=license,
         base_model=hub_model_id(config.base_model), language=record.get("language"),
-        datasets=dataset_ids or None, tags=_tags(config, record), metrics=["accuracy", "f1"] if eval_results else None,
+        datasets=dataset_ids or None, tags=_tags(config, record, has_knn),
+        metrics=["accuracy", "f1"] if eval_results else None,
         model_name=repo_id.split("/")[-1], eval_results=eval_results,
         widget=None if config.is_pair_task else _widget(quoted),
     )
@@ -287,11 +288,11 @@ def hub_model_id(name: str | None) -> str | None:
     return name
 
 
-def _tags(config: GTSConfig, record: dict[str, Any]) -> list[str]:
+def _tags(config: GTSConfig, record: dict[str, Any], has_knn: bool) -> list[str]:
     tags = [LIBRARY_NAME, "few-shot", "text-classification", "gts"]
     if config.task_type != "classification":
         tags.append(config.task_type)
-    if "k" in record.get("knn", {}):  # a datastore was built (not skipped)
+    if has_knn:
         tags.append("knn")
     if record.get("mode"):
         tags.append(f"gts-{record['mode']}")
@@ -357,9 +358,14 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
     return [(name, _cell(value)) for name, value in rows if value not in (None, "")]
 
 
+def _skipped_row(stage: str, entry: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The row of a stage the engine left out, with its reason (``{"skipped": reason}`` in the record)."""
+    return [(stage, f"skipped ({entry['skipped']})")] if "skipped" in entry else []
+
+
 def _body_rows(body: dict[str, Any]) -> list[tuple[str, Any]]:
     if "skipped" in body:
-        return [("contrastive body stage", f"skipped ({body['skipped']})")]
+        return _skipped_row("contrastive body stage", body)
     if "body_steps" not in body:
         return []
     outcome = "kept" if body.get("kept", True) else "undone (dev accuracy did not rise)"
@@ -409,14 +415,14 @@ def _advanced_rows(advanced: dict[str, Any]) -> list[tuple[str, Any]]:
 
 def _prior_rows(prior: dict[str, Any]) -> list[tuple[str, Any]]:
     if "weight" not in prior:
-        return []
+        return _skipped_row("label-text prior", prior)
     return [("label-text prior", f"weight {prior['weight']} (dev accuracy {_number(prior.get('dev_accuracy_before'))}"
                                  f" → {_number(prior.get('dev_accuracy_after'))})")]
 
 
 def _knn_rows(knn: dict[str, Any], chosen: dict[str, Any]) -> list[tuple[str, Any]]:
     if not knn:
-        return [("kNN datastore", "none")]
+        return _skipped_row("kNN datastore", chosen) or [("kNN datastore", "none")]
     rows = [("kNN k", knn.get("k")), ("kNN λ", knn.get("lam")), ("kNN temperature", knn.get("temperature")),
             ("kNN datastore", f"{knn.get('size')} keys, whitened to {knn.get('dim')} dimensions")]
     if "dev_accuracy_model" in chosen:

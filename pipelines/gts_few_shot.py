@@ -1,4 +1,5 @@
-"""The ``gts-few-shot`` pipeline: a trained GTS student (kNN included) behind ``transformers.pipeline``.
+"""The ``gts-few-shot`` pipeline: a trained GTS student (and its kNN datastore, if it has one) behind
+``transformers.pipeline``.
 
 >>> from transformers import pipeline
 >>> import gts_hf  # registers the task

@@ -17,7 +17,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import RepositoryNotFoundError
 from transformers import pipeline
 
-from gts_hf import GTSEngine, GTSForFewShotClassification, KNNDatastore, load_task, load_trained, predict
+from gts_hf import GTSConfig, GTSEngine, GTSForFewShotClassification, KNNDatastore, load_task, load_trained, predict
 from gts_hf.backbones import DEFAULT_STUDENT
 from gts_hf.cli import main
 from gts_hf.data import Example
@@ -294,7 +294,7 @@ def test_cli_push_refuses_a_folder_that_is_not_a_model(hub_repo_id, tmp_path, ca
     assert "not a saved gts-hf model" in capsys.readouterr().err
 
 
-def test_model_card_rows_describe_the_body_stage():
+def test_model_card_rows_describe_the_training_stages():
     from gts_hf.hub import _training_rows
 
     body = {"body_steps": 40, "body_batch_size": 32, "body_learning_rate": 2e-05, "body_loss_first": 0.36,
@@ -304,5 +304,17 @@ def test_model_card_rows_describe_the_body_stage():
                                               "accuracy 0.25 → 0.5: kept")
     rows = dict(_training_rows({"mode": "standard", "body": {**body, "dev_accuracy_after": 0.25, "kept": False}}, {}))
     assert rows["contrastive body stage"].endswith("0.25 → 0.25: undone (dev accuracy did not rise)")
-    rows = dict(_training_rows({"mode": "standard", "body": {"skipped": "the cosine pair head"}}, {}))
-    assert rows["contrastive body stage"] == "skipped (the cosine pair head)"
+    skipped = {"skipped": "the cosine pair head"}
+    rows = dict(_training_rows({"mode": "standard", "body": skipped, "label_prior": skipped, "knn": skipped}, {}))
+    assert rows["contrastive body stage"] == rows["label-text prior"] == rows["kNN datastore"] == \
+        "skipped (the cosine pair head)"
+    assert dict(_training_rows({"mode": "fast"}, {}))["kNN datastore"] == "none"
+
+
+def test_knn_tag_follows_the_saved_datastore():
+    """A Trainer-made record notes a datastore as ``{}``; the tag follows ``knn/config.json``, not the record."""
+    from gts_hf.hub import _tags
+
+    config = GTSConfig(labels=["0", "1"], task_type="similarity")
+    assert "knn" in _tags(config, {"knn": {}}, has_knn=True)
+    assert "knn" not in _tags(config, {"knn": {"skipped": "the cosine pair head"}}, has_knn=False)
