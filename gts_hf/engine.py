@@ -152,7 +152,8 @@ class GTSEngine:
         record["zero_shot_dev_accuracy"] = _dev_accuracy(model, tokenizer, task)
         record["head"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._fit_head(model, tokenizer, task)
         if settings.mode in ("standard", "advanced") and settings.body_steps > 0:
-            record["body"] = self._body_stage(model, tokenizer, task)
+            record["body"] = self._not_applicable(task, NO_BODY_FOR_COSINE_PAIRS) or \
+                self._train_body(model, tokenizer, task)
         if self.fine_tunes(task):
             record["finetune"] = self._finetune(model, tokenizer, task)
         if settings.mode == "advanced" and task.is_multiple_choice:
@@ -161,13 +162,11 @@ class GTSEngine:
             from .advanced import AdvancedSettings, run_advanced
 
             record["advanced"] = run_advanced(self, model, tokenizer, task, settings.advanced or AdvancedSettings())
-        if settings.label_prior_weight > 0 and task.is_multiple_choice:
-            record["label_prior"] = NOT_FOR_CHOICES
-        elif settings.label_prior_weight > 0:
-            record["label_prior"] = NO_PRIOR_FOR_COSINE_PAIRS if self.cosine_pair_head(task) else \
+        if settings.label_prior_weight > 0:
+            record["label_prior"] = self._not_applicable(task, NO_PRIOR_FOR_COSINE_PAIRS) or \
                 self._blend_label_prior(model, tokenizer, task)
         if settings.use_knn:
-            record["knn"] = self._knn_stage(model, tokenizer, task)
+            record["knn"] = self._not_applicable(task, NO_KNN_FOR_COSINE_PAIRS) or attach_knn(model, tokenizer, task)
         record["train_seconds"] = round(time.perf_counter() - started, 2)
         if _num_processes() > 1:
             record["distributed"] = _compare_replicas(model)
@@ -216,29 +215,20 @@ class GTSEngine:
         model.set_label_options(tokenizer)
         return model, tokenizer
 
-    def _body_stage(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
-        """The body stage's record entry: trained (:meth:`_train_body`), or why it does not apply to the task."""
+    def _not_applicable(self, task: FewShotTask, for_cosine_pairs: dict[str, str]) -> dict[str, str] | None:
+        """Why a stage built on the label head (body stage, label prior, kNN) does not apply to the task, as its
+        record entry, or ``None`` where it does: multiple choice has no label head, and the cosine pair head skips
+        all three."""
         if task.is_multiple_choice:
             return NOT_FOR_CHOICES
-        if self.cosine_pair_head(task):
-            return NO_BODY_FOR_COSINE_PAIRS
-        return self._train_body(model, tokenizer, task)
-
-    def _knn_stage(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
-        """The kNN datastore's record entry: built and tuned (:func:`attach_knn`), or why it does not apply."""
-        if task.is_multiple_choice:
-            return NOT_FOR_CHOICES
-        if self.cosine_pair_head(task):
-            model.knn = None
-            return NO_KNN_FOR_COSINE_PAIRS
-        return attach_knn(model, tokenizer, task)
+        return for_cosine_pairs if self.cosine_pair_head(task) else None
 
     def _train_body(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
         """The contrastive body stage, then a fresh head on the reshaped encoder (options re-embedded, head refitted).
         Kept only if the head-only model's dev accuracy (label prior included) goes up: the stage is worth up to 14
         points where the pretrained space mixes the classes, and costs up to 10 where the label texts already
         separate them, or on NLI pairs (benchmarks/ABLATION.md). Without dev data it is kept. Similarity pairs never
-        reach it (:meth:`_body_stage`)."""
+        reach it (:meth:`_not_applicable`)."""
         settings = self.settings
         before = self._dev_accuracy_with_prior(model, tokenizer, task)
         saved = _trainable_copy(model)

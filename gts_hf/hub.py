@@ -364,10 +364,8 @@ def _skipped_row(stage: str, entry: dict[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _body_rows(body: dict[str, Any]) -> list[tuple[str, Any]]:
-    if "skipped" in body:
-        return _skipped_row("contrastive body stage", body)
     if "body_steps" not in body:
-        return []
+        return _skipped_row("contrastive body stage", body)
     outcome = "kept" if body.get("kept", True) else "undone (dev accuracy did not rise)"
     loss = f"{_number(body.get('body_loss_first'))} → {_number(body.get('body_loss_last'))}"
     dev = f"{_number(body.get('dev_accuracy_before'))} → {_number(body.get('dev_accuracy_after'))}"
