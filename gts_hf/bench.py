@@ -286,7 +286,7 @@ def _timed(function: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def run_gts(task: Any, spec: RunSpec, mode: str, advanced: Any = None) -> MethodOutcome:
-    """``GTSEngine(mode).train`` on train/dev, then prediction on test with the kNN datastore."""
+    """``GTSEngine(mode).train`` on train/dev, then prediction on test (with the kNN datastore where one was built)."""
     from .engine import GTSEngine
     from .inference import predict
 
@@ -760,7 +760,8 @@ RECIPE_CHANGES = (("the label prior", ("settings", "label_prior_weight"), GTS_ME
                   ("fine-tuning left standard", ("settings", "finetune"), ("gts-standard",), LABELLED),
                   ("the cosine pair head", ("settings", "pair_head"), GTS_METHODS, ("similarity",)),
                   ("similarity pairs left the body stage and kNN", ("details", "knn", "skipped"), GTS_METHODS,
-                   ("similarity",)))
+                   ("similarity",)),
+                  ("kNN left the defaults", ("details", "knn", "skipped"), GTS_METHODS, ("classification", "nli")))
 
 
 def _predates(record: dict[str, Any], path: tuple[str, ...]) -> bool:

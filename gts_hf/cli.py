@@ -51,9 +51,8 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 
 def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
     sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
-                     help="fast: head + kNN on frozen embeddings; standard: + a contrastive body stage "
-                          "(multiple choice: fine-tuning with GTS's recipe; similarity pairs: neither kNN nor "
-                          "the body stage); "
+                     help="fast: a head on frozen embeddings; standard: + a contrastive body stage "
+                          "(multiple choice: fine-tuning with GTS's recipe; similarity pairs: no body stage); "
                           "advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
@@ -70,6 +69,10 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--pair-head", choices=("auto", "cosine", "joint"), default="auto",
                      help="sentence pairs: cosine, the two sentences' cosine leads (option vectors start tied); "
                           "joint, option vectors start at the label texts; auto: cosine for similarity, joint for NLI")
+    sub.add_argument("--knn", action="store_true",
+                     help="also build the kNN datastore (saved and pushed with the model) and tune its interpolation "
+                          "on dev; off by default: with a few dozen dev examples it lowered test accuracy "
+                          "(benchmarks/ABLATION.md §13); never for similarity pairs or multiple choice")
 
 
 def _add_precision(sub: argparse.ArgumentParser) -> None:
@@ -234,7 +237,8 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
                        body_steps=args.body_steps, label_prior_weight=args.label_prior_weight,
-                       finetune=args.finetune, pair_head=args.pair_head, training_overrides=_overrides(args),
+                       finetune=args.finetune, pair_head=args.pair_head, use_knn=args.knn,
+                       training_overrides=_overrides(args),
                        advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record.get("knn", {})

@@ -13,7 +13,7 @@ import copy
 import logging
 import math
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -401,12 +401,14 @@ class DistillationTrainer(GTSTrainer):
 def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor,
              dev_features: dict[str, torch.Tensor] | None = None, dev_labels: torch.Tensor | None = None,
              steps: int = 300, learning_rate: float = 1e-2, anchor_weight: float = 1.0, mixup_alpha: float = 0.4,
-             tie_options: bool = False, seed: int = 42) -> dict[str, Any]:
+             tie_options: bool = False, seed: int = 42,
+             on_step: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Train only the option head on frozen features (``embeddings`` and, for pairs, ``pair_similarity``).
 
     The option vectors are pulled towards their starting point (the label texts' embeddings) by ``anchor_weight``,
     which keeps the zero-shot prior where 32 examples cannot overrule it. Full-batch AdamW; the step with the best dev
-    accuracy (then loss) is kept, the start included. Without dev data the last step is kept.
+    accuracy (then loss) is kept, the start included. Without dev data the last step is kept. ``on_step(step)``, if
+    given, is called after every optimiser step with the head in that step's state (to record a trajectory).
 
     ``tie_options`` (pairs): the option vectors start tied (equal, so their term cancels and the pair cosine's weight
     and bias per label decide) and are anchored there instead of at the label texts. The tied start predicts one label
@@ -452,6 +454,8 @@ def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor
         drift = (F.normalize(model.option_embeddings, dim=-1) - anchor).pow(2).sum(-1).mean()
         (loss + anchor_weight * drift).backward()
         optimizer.step()
+        if on_step is not None:
+            on_step(step)
         if dev_features is None:
             continue
         score = dev_score()

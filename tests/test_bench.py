@@ -143,6 +143,11 @@ def test_bench_fewclue_end_to_end(fewclue_root: Path, tiny_student: Path, tmp_pa
         in bench.render_markdown([standard], plot_name=None)
     standard["details"]["knn"] = {"skipped": "the cosine pair head"}
     assert "before similarity pairs left" not in bench.render_markdown([standard], plot_name=None)
+    standard["data"]["task_type"] = "classification"  # a datastore in the record: made before kNN left the defaults
+    assert "before kNN left" not in bench.render_markdown([standard], plot_name=None)
+    standard["details"]["knn"] = {"k": 4, "lambda": 0.5}
+    assert "before kNN left the defaults (an older recipe, not rerun): eprstmt gts-standard." in \
+        bench.render_markdown([standard], plot_name=None)
 
     assert main(argv) == 0
     assert capsys.readouterr().out.count("skipped (result exists") == 2

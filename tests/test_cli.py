@@ -16,7 +16,7 @@ def run(*args):
 @pytest.fixture()
 def trained_dir(tiny_student, sentiment_dir, tmp_path):
     assert run("train", "--data-dir", sentiment_dir, "--output-dir", tmp_path / "out", "--mode", "fast",
-               "--student", tiny_student) == 0
+               "--student", tiny_student, "--knn") == 0
     return tmp_path / "out"
 
 
@@ -26,19 +26,21 @@ def test_train_writes_model_and_eval_results(trained_dir, capsys):
     assert (trained_dir / "knn" / "index.faiss").is_file()
 
 
-def test_train_with_explicit_files_and_standard_mode(tiny_student, sentiment_dir, tmp_path):
+def test_train_with_explicit_files_and_standard_mode(tiny_student, sentiment_dir, tmp_path, capsys):
     code = run("train", "--train", sentiment_dir / "train.json", "--dev", sentiment_dir / "dev.json",
                "--labels", sentiment_dir / "labels.json", "--output-dir", tmp_path / "std", "--mode", "standard",
                "--student", tiny_student, "--finetune", "on", "--epochs", 2, "--seed", 3)
     assert code == 0
     record = json.loads((tmp_path / "std" / "gts_training.json").read_text())
     assert record["mode"] == "standard" and record["seed"] == 3 and record["finetune"]["epochs"] == 2
+    assert "skipped" in record["knn"] and not (tmp_path / "std" / "knn").exists()  # kNN only with --knn
+    assert "no kNN (off by default" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("pair_head, prior_skipped", [("auto", True), ("joint", False)])  # the folder: similarity
 def test_pair_head_flag_reaches_the_engine(tiny_student, pair_dir, tmp_path, capsys, pair_head, prior_skipped):
     assert run("train", "--data-dir", pair_dir, "--output-dir", tmp_path / "pair_model", "--mode", "fast",
-               "--student", tiny_student, "--pair-head", pair_head) == 0
+               "--student", tiny_student, "--pair-head", pair_head, "--knn") == 0
     record = json.loads((tmp_path / "pair_model" / "gts_training.json").read_text())
     assert ("skipped" in record["label_prior"]) is prior_skipped
     printed = capsys.readouterr().out  # the cosine head has no kNN datastore, and says so

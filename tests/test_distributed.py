@@ -32,7 +32,7 @@ def _accelerate() -> str:
 
 def _train_arguments(data_dir: Path, output_dir: Path, student: Path) -> list[str]:
     return ["train", "--data-dir", str(data_dir), "--output-dir", str(output_dir), "--mode", "standard",
-            "--student", str(student), "--finetune", "on", "--epochs", "2", "--seed", "42"]
+            "--student", str(student), "--finetune", "on", "--epochs", "2", "--seed", "42", "--knn"]
 
 
 def test_two_processes_write_one_complete_model(tiny_student, sentiment_dir, tmp_path):

@@ -9,7 +9,7 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from gts_hf import GTSConfig, GTSEngine, GTSForFewShotClassification, load_task, load_trained, predict
-from gts_hf.engine import RECORD_FILE, save_trained
+from gts_hf.engine import KNN_OFF, RECORD_FILE, save_trained
 
 FAST = {"mode": "fast", "head_steps": 50}
 STANDARD = {"mode": "standard", "min_finetune_steps": 8, "training_overrides": {"disable_tqdm": True}}
@@ -21,7 +21,7 @@ def train(student, data_dir, output_dir=None, **settings):
 
 
 def test_fast_mode_writes_a_complete_model(tiny_student, sentiment_dir, tmp_path):
-    trained = train(tiny_student, sentiment_dir, tmp_path / "model")
+    trained = train(tiny_student, sentiment_dir, tmp_path / "model", use_knn=True)
     files = {path.relative_to(tmp_path / "model").as_posix() for path in (tmp_path / "model").rglob("*")}
     assert {"config.json", "model.safetensors", "tokenizer.json", RECORD_FILE, "eval_results.json",
             "knn/index.faiss", "knn/datastore.safetensors", "knn/config.json"} <= files
@@ -30,6 +30,13 @@ def test_fast_mode_writes_a_complete_model(tiny_student, sentiment_dir, tmp_path
     assert record["mode"] == "fast" and record["labels"] == ["negative", "positive"]
     assert 1 <= record["knn"]["k"] <= 32 and 0 <= record["knn"]["lambda"] <= 1
     assert set(trained.test_metrics) >= {"accuracy", "macro_f1", "n", "texts_per_second"}
+
+
+def test_knn_is_off_by_default(tiny_student, sentiment_dir, tmp_path):
+    trained = train(tiny_student, sentiment_dir, tmp_path / "model")
+    assert trained.record["knn"] == KNN_OFF and trained.model.knn is None
+    assert not (tmp_path / "model" / "knn").exists()
+    assert load_trained(tmp_path / "model")[0].knn is None
 
 
 def test_standard_mode_fine_tunes_on_request_and_keeps_the_best_dev_epoch(tiny_student, sentiment_dir):
@@ -78,7 +85,8 @@ def test_pair_head_cosine_ties_the_options_and_drops_the_prior(tiny_student, pai
 
 @pytest.mark.parametrize("pair_head", ["cosine", "joint"])
 def test_cosine_led_pairs_skip_the_body_stage_and_knn(tiny_student, pair_dir, tmp_path, pair_head):
-    trained = train(tiny_student, pair_dir, tmp_path / "model", **STANDARD, body_steps=3, pair_head=pair_head)
+    trained = train(tiny_student, pair_dir, tmp_path / "model", **STANDARD, body_steps=3, pair_head=pair_head,
+                    use_knn=True)
     cosine = pair_head == "cosine"
     assert ("skipped" in trained.record["body"]) is cosine and ("kept" in trained.record["body"]) is not cosine
     assert ("skipped" in trained.record["knn"]) is cosine and (trained.model.knn is None) is cosine
@@ -114,7 +122,7 @@ def test_same_seed_same_model(tiny_student, sentiment_dir):
 
 
 def test_reload_gives_identical_predictions_knn_included(tiny_student, sentiment_dir, tmp_path):
-    trained = train(tiny_student, sentiment_dir, tmp_path / "model")
+    trained = train(tiny_student, sentiment_dir, tmp_path / "model", use_knn=True)
     examples = load_task(sentiment_dir).test
     before = trained.predict(examples)
     model, tokenizer = load_trained(tmp_path / "model")
@@ -169,7 +177,7 @@ def test_zero_shot_option_scoring_before_training(tiny_student, sentiment_dir):
 
 
 def test_save_trained_is_reusable_for_an_existing_model_dir(tiny_student, sentiment_dir, tmp_path):
-    trained = train(tiny_student, sentiment_dir, tmp_path / "model")
+    trained = train(tiny_student, sentiment_dir, tmp_path / "model", use_knn=True)
     save_trained(trained, tmp_path / "model")
     assert (tmp_path / "model" / "knn" / "index.faiss").is_file()
 

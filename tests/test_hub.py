@@ -50,7 +50,7 @@ def task_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tiny_student: Path, task_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained model folder with a kNN datastore and test results."""
-    engine = GTSEngine(mode="fast", student=str(tiny_student))
+    engine = GTSEngine(mode="fast", student=str(tiny_student), use_knn=True)
     return engine.train(load_task(task_dir), output_dir=tmp_path_factory.mktemp("trained") / "model").output_dir
 
 

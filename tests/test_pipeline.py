@@ -15,7 +15,8 @@ from .conftest import PAIRS_SAME
 
 @pytest.fixture()
 def model_dir(tiny_student, sentiment_dir, tmp_path):
-    GTSEngine(mode="fast", student=str(tiny_student), head_steps=50).train(load_task(sentiment_dir), tmp_path / "m")
+    GTSEngine(mode="fast", student=str(tiny_student), head_steps=50, use_knn=True).train(load_task(sentiment_dir),
+                                                                                         tmp_path / "m")
     return tmp_path / "m"
 
 

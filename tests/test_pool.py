@@ -30,7 +30,8 @@ def trained(tiny_student, tmp_path_factory):
     write_jsonl(folder / "dev.json", [{"content": text, "label": "positive"} for text in POSITIVE[5:]] +
                 [{"content": text, "label": "negative"} for text in NEGATIVE[5:]])
     write_jsonl(folder / "labels.json", [{"labels": ["negative", "positive"]}])
-    GTSEngine(mode="fast", student=str(tiny_student), head_steps=20).train(load_task(folder), folder / "m")
+    GTSEngine(mode="fast", student=str(tiny_student), head_steps=20, use_knn=True).train(load_task(folder),
+                                                                                         folder / "m")
     model, tokenizer = load_trained(folder / "m")
     assert model.knn is not None
     return SimpleNamespace(model=model, tokenizer=tokenizer, path=folder / "m")

@@ -107,7 +107,7 @@ def _train(tiny_student: Path, folder: Path, train: list[dict], dev: list[dict],
     write_jsonl(data / "train.json", train)
     write_jsonl(data / "dev.json", dev)
     write_jsonl(data / "labels.json", [labels])
-    engine = GTSEngine(mode="fast", student=str(tiny_student), head_steps=20)
+    engine = GTSEngine(mode="fast", student=str(tiny_student), head_steps=20, use_knn=True)
     return engine.train(load_task(data), output_dir=folder / "model").output_dir
 
 

@@ -47,7 +47,7 @@ BROWSER_TIMEOUT = 60
 
 @pytest.fixture()
 def model_dir(tiny_student: Path, sentiment_dir: Path, tmp_path: Path) -> Path:
-    return GTSEngine(mode="fast", student=str(tiny_student), head_steps=20).train(
+    return GTSEngine(mode="fast", student=str(tiny_student), head_steps=20, use_knn=True).train(
         load_task(sentiment_dir), tmp_path / "m").output_dir
 
 
