@@ -241,8 +241,8 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
                        training_overrides=_overrides(args),
                        advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
-    knn = trained.record.get("knn", {})
-    retrieval = f"kNN k={knn['k']} λ={knn['lambda']}" if "k" in knn else f"no kNN ({knn.get('skipped', 'off')})"
+    knn = trained.record["knn"]  # the datastore's choice, or why there is none
+    retrieval = f"kNN k={knn['k']} λ={knn['lambda']}" if "k" in knn else f"no kNN ({knn['skipped']})"
     print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}); {retrieval}; saved to {trained.output_dir}")
     if trained.test_metrics:
         print(_format_metrics(trained.test_metrics))

@@ -261,12 +261,16 @@ class GTSEngine:
     def _fit_head(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
         train = features_of(predict(model, tokenizer, task.train, use_knn=False))
         dev = features_of(predict(model, tokenizer, task.dev, use_knn=False)) if task.dev else None
-        tied = self.cosine_pair_head(task)
         return fit_head(model, train, _label_tensor(task, task.train), dev,
-                        _label_tensor(task, task.dev) if task.dev else None, steps=self.settings.head_steps,
-                        learning_rate=self.settings.head_learning_rate, tie_options=tied,
-                        anchor_weight=self.settings.pair_anchor_weight if tied else self.settings.head_anchor_weight,
-                        seed=self.settings.seed)
+                        _label_tensor(task, task.dev) if task.dev else None, **self.head_options(task))
+
+    def head_options(self, task: FewShotTask) -> dict[str, Any]:
+        """The keyword arguments of :func:`~gts_hf.trainer.fit_head` for this task (also used by the benchmarks'
+        selection screen, so it fits exactly the engine's head)."""
+        tied = self.cosine_pair_head(task)
+        return {"steps": self.settings.head_steps, "learning_rate": self.settings.head_learning_rate,
+                "tie_options": tied, "seed": self.settings.seed,
+                "anchor_weight": self.settings.pair_anchor_weight if tied else self.settings.head_anchor_weight}
 
     def _finetune(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
         args = self.training_arguments(len(task.train))
