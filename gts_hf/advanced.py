@@ -41,6 +41,8 @@ from .trainer import DistillationTrainer, EvaluateAtStart
 logger = logging.getLogger(__name__)
 
 MIX_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+#: Generated and paraphrased texts would come without the marked noun and pronoun a coreference example needs.
+NO_GENERATION_FOR_COREFERENCE = {"skipped": "coreference: generated texts would not mark the noun and the pronoun"}
 
 
 @dataclass
@@ -142,6 +144,9 @@ def generate_examples(settings: AdvancedSettings, task: FewShotTask, teacher: Te
                       record: dict[str, Any], started: float) -> list[Example]:
     if not settings.generator or task.is_pair and settings.generation.paraphrases_per_example <= 0:
         record["generator"] = None
+        return []
+    if task.is_coreference:
+        record["generator"] = NO_GENERATION_FOR_COREFERENCE
         return []
     try:
         if isinstance(teacher, CausalLMTeacher) and settings.generator == settings.teacher and not teacher.is_lora:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .backbones import DEFAULT_STUDENT
+from .data import TASK_TYPES
 
 logger = logging.getLogger("gts_hf")
 
@@ -52,8 +53,8 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
     sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
                      help="fast: a head on frozen embeddings; standard: + a contrastive body stage "
-                          "(multiple choice: fine-tuning with GTS's recipe; similarity pairs: no body stage); "
-                          "advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
+                          "(multiple choice: fine-tuning with GTS's recipe; similarity pairs and coreference: no "
+                          "body stage); advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
     sub.add_argument("--max-seq-length", type=int, default=256, help="longer inputs are truncated")
@@ -67,8 +68,9 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--label-prior-weight", type=float, default=0.5,
                      help="weight of the label texts' zero-shot scores blended into the trained model's (0: off)")
     sub.add_argument("--pair-head", choices=("auto", "cosine", "joint"), default="auto",
-                     help="sentence pairs: cosine, the two sentences' cosine leads (option vectors start tied); "
-                          "joint, option vectors start at the label texts; auto: cosine for similarity, joint for NLI")
+                     help="sentence pairs and coreference: cosine, the two sentences' (or marked spans') cosine leads "
+                          "(option vectors start tied); joint, option vectors start at the label texts; auto: cosine "
+                          "for similarity and coreference, joint for NLI")
     sub.add_argument("--knn", action="store_true",
                      help="also build the kNN datastore (saved and pushed with the model) and tune its interpolation "
                           "on dev; off by default: with a few dozen dev examples it lowered test accuracy "
@@ -87,8 +89,9 @@ def _add_train(commands: Any) -> None:
     sub.add_argument("--output-dir", required=True, help="where the model goes (replaced only after success)")
     for name in ("train", "dev", "test", "labels", "unlabeled"):
         sub.add_argument(f"--{name}", help=f"the {name} file (JSON lines, JSON or CSV), overriding --data-dir's")
-    sub.add_argument("--task-type", choices=("auto", "classification", "similarity", "nli", "multiple_choice"),
-                     default="auto")
+    sub.add_argument("--task-type", choices=("auto", *TASK_TYPES), default="auto",
+                     help="auto: choices make multiple choice, pairs similarity or nli, texts with a [noun] and a "
+                          "<pronoun> marked coreference, anything else classification")
     _add_training_options(sub)
     _add_advanced_options(sub)
 

@@ -14,8 +14,9 @@ class GTSConfig(PretrainedConfig):
         encoder_config: the backbone's configuration (any encoder ``AutoModel`` can build), or its dict.
         labels: label names, in output order (also stored as ``id2label``/``label2id``).
         label_options: the text each label stands for (its description or name); the model scores these options.
-        task_type: ``"classification"``, ``"similarity"``, ``"nli"`` or ``"multiple_choice"`` (no global labels: each
-            input comes with its own choices, scored like label options).
+        task_type: ``"classification"``, ``"similarity"``, ``"nli"``, ``"multiple_choice"`` (no global labels: each
+            input comes with its own choices, scored like label options) or ``"coreference"`` (single texts with a
+            ``[noun]`` and a ``<pronoun>`` marked; the cosine of the two spans' contextual embeddings is the pair term).
         query_prefix: prepended to every input and option (``"query: "`` for e5 models).
         max_seq_length: inputs longer than this many tokens are truncated.
         pooling: ``"mean"`` (masked mean of the last hidden states) or ``"cls"``.
@@ -24,6 +25,9 @@ class GTSConfig(PretrainedConfig):
             the zero-shot term scoring the label texts as embedded by the final encoder (a product of experts that
             keeps what the label names say where a few examples would overrule it). 0: off.
         base_model: the id the encoder came from (for model cards and reproducibility).
+        span_layer: coreference only: which encoder layer's token states give the span cosine, as an index into the
+            encoder's ``hidden_states`` (-1: the last layer). The default, the layer before the last, told CLUEWSC's
+            dev examples apart better (ROC AUC 0.669 against 0.610; benchmarks/ABLATION.md §14).
     """
 
     model_type = "gts"
@@ -41,6 +45,7 @@ class GTSConfig(PretrainedConfig):
         logit_scale: float = 20.0,
         label_prior_weight: float = 0.0,
         base_model: str | None = None,
+        span_layer: int = -2,
         **kwargs: Any,
     ):
         if isinstance(encoder_config, dict):
@@ -64,6 +69,7 @@ class GTSConfig(PretrainedConfig):
         self.logit_scale = logit_scale
         self.label_prior_weight = check_unit_interval("label_prior_weight", label_prior_weight)
         self.base_model = base_model
+        self.span_layer = span_layer
         super().__init__(**kwargs)
 
     @property
@@ -73,6 +79,10 @@ class GTSConfig(PretrainedConfig):
     @property
     def is_multiple_choice(self) -> bool:
         return self.task_type == "multiple_choice"
+
+    @property
+    def is_coreference(self) -> bool:
+        return self.task_type == "coreference"
 
     @property
     def hidden_size(self) -> int:

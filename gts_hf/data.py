@@ -3,9 +3,9 @@
 A :class:`FewShotTask` holds everything the engine needs: the task type, the label names (with optional descriptions,
 used as the options the model scores), and the train / dev / test / unlabelled examples. Multiple-choice tasks (CHID:
 pick the idiom that fits the blank) have no global labels: each example carries its own ``choices`` and its label is
-the right one. Readers accept the
-GTS-Engine JSON-lines layout, the FewCLUE task files, CSV and :class:`datasets.Dataset`; every error names the file,
-the line and the field.
+the right one. Coreference tasks (CLUEWSC: does the pronoun refer to the noun?) are single texts with the two spans
+marked, ``[noun]`` and ``<pronoun>`` (:func:`find_spans`). Readers accept the GTS-Engine JSON-lines layout, the
+FewCLUE task files, CSV and :class:`datasets.Dataset`; every error names the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 
 logger = logging.getLogger(__name__)
 
-TASK_TYPES = ("classification", "similarity", "nli", "multiple_choice")
+TASK_TYPES = ("classification", "similarity", "nli", "multiple_choice", "coreference")
 NLI_LABELS = {"entailment", "neutral", "contradiction"}
 
 # Field names, in order of preference, across GTS-Engine, FewCLUE and common CSV layouts.
@@ -30,6 +30,10 @@ CHOICE_FIELDS = ("candidates", "choices")
 ANSWER_FIELDS = ("answer", "label")
 BLANK_MARKERS = ("#idiom#",)  # CHID's slot; shown to the model as a visible blank
 BLANK = "＿＿"
+# Coreference: the noun phrase and the pronoun (span 1 and span 2) as they are marked in the text. Marker characters
+# already in a record's text become their full-width forms, so the first marked pair is always the span.
+SPAN_MARKERS = (("[", "]"), ("<", ">"))
+ESCAPED_MARKERS = str.maketrans("[]<>", "［］＜＞")
 # A label name that comes with an integer label id (FewCLUE's TNEWS and IFLYTEK).
 LABEL_NAME_FIELDS = ("label_desc", "label_des")
 
@@ -95,6 +99,10 @@ class FewShotTask:
     @property
     def is_multiple_choice(self) -> bool:
         return self.task_type == "multiple_choice"
+
+    @property
+    def is_coreference(self) -> bool:
+        return self.task_type == "coreference"
 
     @property
     def label2id(self) -> dict[str, int]:
@@ -234,17 +242,31 @@ def _find_texts(record: dict[str, Any], path: str | Path, line: int) -> tuple[st
 
 def _mark_spans(record: dict[str, Any], path: str | Path, line: int) -> str:
     """Coreference records (CLUEWSC): the text with its two spans marked, ``[noun]`` and ``<pronoun>``, so that
-    "does span 2 refer to span 1" becomes a single-text classification."""
+    "does span 2 refer to span 1" becomes a single text whose spans the model can find (:func:`find_spans`)."""
     text, target = _clean_text(record["text"], path, line, "text"), record["target"]
     spans = []
-    for number, (left, right) in ((1, ("[", "]")), (2, ("<", ">"))):
+    for number, (left, right) in enumerate(SPAN_MARKERS, start=1):
         span, start = target.get(f"span{number}_text"), target.get(f"span{number}_index")
-        if not isinstance(span, str) or not isinstance(start, int) or text[start:start + len(span)] != span:
+        if not (isinstance(span, str) and span and isinstance(start, int) and text[start:start + len(span)] == span):
             raise DataError(f"span{number} ({span!r} at {start!r}) does not match the text", path, line, "target")
         spans.append((start, len(span), left, right))
+    text = text.translate(ESCAPED_MARKERS)
     for start, length, left, right in sorted(spans, reverse=True):
         text = text[:start] + left + text[start:start + length] + right + text[start + length:]
     return text
+
+
+def find_spans(text: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """The character ranges ``(start, end)`` of the marked noun and pronoun, the first ``[...]`` and ``<...>`` of
+    ``text``; ``None`` unless both are there and non-empty."""
+    spans = []
+    for left, right in SPAN_MARKERS:
+        start = text.find(left) + 1
+        end = text.find(right, start) if start else -1
+        if end <= start:
+            return None
+        spans.append((start, end))
+    return spans[0], spans[1]
 
 
 def _clean_text(value: Any, path: str | Path, line: int, name: str) -> str:
@@ -339,7 +361,7 @@ def detect_task_type(examples: Sequence[Example], labels: Sequence[str]) -> str:
     if any(example.choices is not None for example in examples):
         return "multiple_choice"
     if not any(example.text_pair is not None for example in examples):
-        return "classification"
+        return "coreference" if all(find_spans(example.text) for example in examples) else "classification"
     return "nli" if set(labels) <= NLI_LABELS else "similarity"
 
 
@@ -376,6 +398,8 @@ def build_task(
     if task_type not in TASK_TYPES:
         raise ValueError(f"task_type must be 'auto' or one of {TASK_TYPES}, got {task_type!r}")
     _check_pairs(train, task_type)
+    if task_type == "coreference":
+        _check_spans([*train, *dev, *test, *unlabeled])
     language = detect_language(train)
     descriptions = dict(DEFAULT_DESCRIPTIONS[language].get(task_type, {}))
     descriptions.update(label_descriptions or {})
@@ -431,6 +455,13 @@ def _check_pairs(examples: Sequence[Example], task_type: str) -> None:
         if (example.text_pair is not None) != wants_pairs:
             kind = "a sentence pair" if wants_pairs else "a single text"
             raise DataError(f"a {task_type} task expects {kind} in every example", example.source)
+
+
+def _check_spans(examples: Sequence[Example]) -> None:
+    for example in examples:
+        if find_spans(example.text) is None:
+            raise DataError(f"a coreference task expects the noun marked [like this] and the pronoun <like this> in "
+                            f"every text, got {example.text[:40]!r}", example.source, field="text")
 
 
 def load_task(

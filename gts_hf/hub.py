@@ -340,7 +340,8 @@ def _examples_per_label(examples: Sequence[Example], labels: Sequence[str], per_
 def _task_summary(config: GTSConfig) -> str:
     if config.is_multiple_choice:
         return "multiple-choice model (it picks one of the candidate answers given with each input)"
-    kind = {"similarity": "sentence-pair similarity", "nli": "natural language inference"}.get(
+    kind = {"similarity": "sentence-pair similarity", "nli": "natural language inference",
+            "coreference": "coreference (does the `<pronoun>` refer to the `[noun]` marked in the text?)"}.get(
         config.task_type, "text")
     return f"{kind} classifier over {len(config.labels)} labels"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -11,38 +12,73 @@ import torch
 from tqdm.auto import tqdm
 
 from .configuration import GTSConfig
-from .data import Example
+from .data import Example, find_spans
+
+logger = logging.getLogger(__name__)
+
+
+def tokenize_texts(tokenizer: Any, config: GTSConfig, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                   **kwargs: Any) -> dict[str, torch.Tensor]:
+    """Texts (or jointly encoded pairs) as the model reads them: query prefix, truncation to ``max_seq_length``,
+    dynamic padding."""
+    pairs = list(text_pairs) if text_pairs is not None else None
+    return tokenizer([config.query_prefix + text for text in texts], pairs, padding=True, truncation=True,
+                     max_length=config.max_seq_length, return_tensors="pt", **kwargs)
 
 
 def encode_examples(tokenizer: Any, config: GTSConfig, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
                     choices: Sequence[Sequence[str]] | None = None, num_choices: int | None = None
                     ) -> dict[str, torch.Tensor]:
-    """Tokenise a batch the way the model reads it: query prefix, truncation to ``max_seq_length``, dynamic padding;
-    pair tasks also get each sentence on its own (``first_*`` / ``second_*``) for the pair-similarity term; multiple
-    choice gets every example's choices (``choice_*``, padded to ``num_choices`` per example)."""
-    prefix, max_length = config.query_prefix, config.max_seq_length
-
-    def tokenize(first: Sequence[str], second: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-        return tokenizer([prefix + text for text in first], list(second) if second is not None else None,
-                         padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-
+    """Tokenise a batch of examples (:func:`tokenize_texts`); pair tasks also get each sentence on its own
+    (``first_*`` / ``second_*``) for the pair-similarity term; multiple choice gets every example's choices
+    (``choice_*``, padded to ``num_choices`` per example); coreference gets the token masks of its two marked spans
+    (``first_span_mask`` / ``second_span_mask``)."""
     if choices is not None:
         width = num_choices or max(len(options) for options in choices)
         flat = [option for options in choices for option in list(options) + [""] * (width - len(options))]
-        encoded, options = tokenize(texts), tokenize(flat)
+        encoded, options = tokenize_texts(tokenizer, config, texts), tokenize_texts(tokenizer, config, flat)
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                 "choice_input_ids": options["input_ids"], "choice_attention_mask": options["attention_mask"],
                 "choice_mask": torch.tensor([[index < len(options) for index in range(width)] for options in choices])}
+    if config.is_coreference:
+        return encode_spans(tokenizer, config, texts)
     if text_pairs is None:
-        encoded = tokenize(texts)
+        encoded = tokenize_texts(tokenizer, config, texts)
         return {key: encoded[key] for key in ("input_ids", "attention_mask")}
-    joint = tokenize(texts, text_pairs)
-    first, second = tokenize(texts), tokenize(text_pairs)
+    joint = tokenize_texts(tokenizer, config, texts, text_pairs)
+    first, second = tokenize_texts(tokenizer, config, texts), tokenize_texts(tokenizer, config, text_pairs)
     return {
         "input_ids": joint["input_ids"], "attention_mask": joint["attention_mask"],
         "first_input_ids": first["input_ids"], "first_attention_mask": first["attention_mask"],
         "second_input_ids": second["input_ids"], "second_attention_mask": second["attention_mask"],
     }
+
+
+def encode_spans(tokenizer: Any, config: GTSConfig, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Marked texts and the masks of the tokens inside their ``[noun]`` and ``<pronoun>``. A span cut off by
+    truncation is read as the whole text (a warning says so)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("coreference models need a fast tokenizer (character offsets locate the marked spans)")
+    prefix = config.query_prefix
+    encoded = tokenize_texts(tokenizer, config, texts, return_offsets_mapping=True)
+    masks = torch.zeros(2, *encoded["input_ids"].shape, dtype=torch.long)
+    cut_off = 0
+    for row, text in enumerate(texts):
+        spans = find_spans(text)
+        if spans is None:
+            raise ValueError(f"mark the noun [like this] and the pronoun <like this>: {text[:60]!r}")
+        starts, ends = encoded["offset_mapping"][row].unbind(-1)
+        for number, (start, end) in enumerate(spans):
+            inside = (ends > starts) & (starts < end + len(prefix)) & (ends > start + len(prefix))
+            if not inside.any():
+                cut_off += 1
+                inside = encoded["attention_mask"][row].bool()
+            masks[number, row] = inside.long()
+    if cut_off:
+        logger.warning("%d marked span(s) lie beyond max_seq_length=%d tokens; the whole text stands for each",
+                       cut_off, config.max_seq_length)
+    return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
+            "first_span_mask": masks[0], "second_span_mask": masks[1]}
 
 
 @dataclass

@@ -27,6 +27,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration import GTSConfig, check_unit_interval
+from .inference import tokenize_texts
 from .retrieval import KNN_DIRNAME, KNNDatastore
 
 MODELS_WITH_POOLER = ("bert", "roberta", "xlm-roberta")
@@ -40,7 +41,8 @@ class GTSOutput(ModelOutput):
         loss: cross-entropy over the label options, when labels are given.
         logits: option scores, ``(batch, num_labels)``.
         embeddings: L2-normalised pooled embeddings of the (joint) input, ``(batch, hidden)``; the kNN key.
-        pair_similarity: for pair tasks, cosine of the two sentences encoded apart, ``(batch,)``.
+        pair_similarity: for pair tasks, cosine of the two sentences encoded apart, ``(batch,)``; for coreference, of
+            the two marked spans.
     """
 
     loss: torch.FloatTensor | None = None
@@ -111,6 +113,18 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs).last_hidden_state
         return F.normalize(pool(hidden, attention_mask, self.config.pooling), dim=-1)
 
+    def embed_with_spans(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_span_mask: torch.Tensor,
+                         second_span_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of marked texts, and the cosine of their two spans' mean contextual token states at
+        ``config.span_layer`` (coreference: a pronoun's state in context resembles the noun it refers to). Like the
+        sentences-apart cosine of pairs, the span cosine is a fixed feature: no gradient flows back through it."""
+        output = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        embeddings = F.normalize(pool(output.last_hidden_state, attention_mask, self.config.pooling), dim=-1)
+        states = output.hidden_states[self.config.span_layer].detach()
+        first, second = (F.normalize(pool(states, mask, "mean"), dim=-1)
+                         for mask in (first_span_mask, second_span_mask))
+        return embeddings, (first * second).sum(-1)
+
     def score(self, embeddings: torch.Tensor, pair_similarity: torch.Tensor | None = None) -> torch.Tensor:
         """Option logits from normalised embeddings (and, for pairs, the sentences' cosine)."""
         options = F.normalize(self.option_embeddings, dim=-1)
@@ -147,14 +161,22 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         choice_input_ids: torch.Tensor | None = None,
         choice_attention_mask: torch.Tensor | None = None,
         choice_mask: torch.Tensor | None = None,
+        first_span_mask: torch.Tensor | None = None,
+        second_span_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> GTSOutput:
         """``choice_*``: multiple choice, the ``(batch * num_choices, length)`` tokenised choices and the
-        ``(batch, num_choices)`` mask of real (not padding) choices; the logits are then one per choice."""
+        ``(batch, num_choices)`` mask of real (not padding) choices; the logits are then one per choice.
+        ``*_span_mask``: coreference, the ``(batch, length)`` masks of the marked noun and pronoun tokens, whose cosine
+        is the pair term."""
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        embeddings = self.embed(input_ids, attention_mask, **extra)
         pair_similarity = None
+        if first_span_mask is not None and second_span_mask is not None:
+            embeddings, pair_similarity = self.embed_with_spans(input_ids, attention_mask, first_span_mask,
+                                                                second_span_mask)
+        else:
+            embeddings = self.embed(input_ids, attention_mask, **extra)
         if first_input_ids is not None and second_input_ids is not None:
             # The sentences-apart cosine is a fixed feature (no gradient into the encoder): training learns its weight,
             # while the encoder learns through the joint encoding; this keeps a pair step about as cheap as a single.
@@ -177,9 +199,7 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         self.eval()
         chunks = []
         for start in range(0, len(texts), batch_size):
-            batch = [self.config.query_prefix + text for text in texts[start:start + batch_size]]
-            encoded = tokenizer(batch, padding=True, truncation=True, max_length=self.config.max_seq_length,
-                                return_tensors="pt").to(self.device)
+            encoded = tokenize_texts(tokenizer, self.config, texts[start:start + batch_size]).to(self.device)
             chunks.append(self.embed(encoded["input_ids"], encoded["attention_mask"]))
         self.train(was_training)
         return torch.cat(chunks) if chunks else torch.zeros(0, self.config.hidden_size, device=self.device)

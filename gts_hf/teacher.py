@@ -40,6 +40,7 @@ PROMPTS = {
         "classification": "请判断下面这段文字属于哪一类。\n文字：{text}\n可选类别：{options}\n只回答类别。",
         "similarity": "句子一：{text}\n句子二：{text_pair}\n可选答案：{options}\n这两个句子是什么关系？只回答其中一个答案。",
         "nli": "前提：{text}\n假设：{text_pair}\n可选答案：{options}\n根据前提，假设是什么情况？只回答其中一个答案。",
+        "coreference": "文字：{text}\n尖括号<>中的代词指的是方括号[]中的词语吗？\n可选答案：{options}\n只回答其中一个答案。",
         "separator": "、",
     },
     "en": {
@@ -49,6 +50,8 @@ PROMPTS = {
                       "How are the two sentences related? Answer with one of the answers only.",
         "nli": "Premise: {text}\nHypothesis: {text_pair}\nAnswers: {options}\n"
                "Given the premise, what about the hypothesis? Answer with one of the answers only.",
+        "coreference": "Text: {text}\nDoes the pronoun in <> refer to the words in []?\nAnswers: {options}\n"
+                       "Answer with one of the answers only.",
         "separator": ", ",
     },
 }

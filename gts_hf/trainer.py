@@ -25,7 +25,7 @@ from transformers.trainer_utils import EvalPrediction
 
 from .configuration import check_unit_interval
 from .data import Example, label_index
-from .inference import classification_metrics, encode_examples
+from .inference import classification_metrics, encode_examples, tokenize_texts
 from .losses import (distillation_loss, mixup, pairwise_cosine_loss, rdrop_loss, soft_cross_entropy,
                      supervised_contrastive_loss)
 from .training_args import GTSTrainingArguments
@@ -585,7 +585,7 @@ def _body_loss(model: Any, tokenizer: Any, examples: list[Example], labels: list
     pairs = [example.text_pair for example in examples] if config.is_pair_task else None
     inputs = encode_examples(tokenizer, config, [example.text for example in examples], pairs)
     option_labels = sorted(set(labels))
-    options = encode_examples(tokenizer, config, [config.label_options[label] for label in option_labels])
+    options = tokenize_texts(tokenizer, config, [config.label_options[label] for label in option_labels])
     embeddings = torch.cat([
         embed_by_length(model, inputs["input_ids"].to(model.device), inputs["attention_mask"].to(model.device)),
         model.embed(options["input_ids"].to(model.device), options["attention_mask"].to(model.device)),

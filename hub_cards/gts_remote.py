@@ -34,6 +34,7 @@ except ImportError:
 MODELS_WITH_POOLER = ("bert", "roberta", "xlm-roberta")
 KNN_CONFIG, KNN_TENSORS, KNN_INDEX = "knn/config.json", "knn/datastore.safetensors", "knn/index.faiss"
 HUB_OPTIONS = ("revision", "token", "cache_dir", "local_files_only", "force_download", "subfolder")
+SPAN_MARKERS = (("[", "]"), ("<", ">"))  # coreference: the [noun] and the <pronoun>, as gts_hf.data marks them
 
 
 # ---------------------------------------------------------------------------------------------------------- config
@@ -46,7 +47,8 @@ class GTSConfig(PretrainedConfig):
     def __init__(self, encoder_config: Any = None, labels: list[str] | None = None,
                  label_options: list[str] | None = None, task_type: str = "classification", query_prefix: str = "",
                  max_seq_length: int = 256, pooling: str = "mean", logit_scale: float = 20.0,
-                 label_prior_weight: float = 0.0, base_model: str | None = None, **kwargs: Any):
+                 label_prior_weight: float = 0.0, base_model: str | None = None, span_layer: int = -2,
+                 **kwargs: Any):
         if isinstance(encoder_config, dict):
             encoder_config = dict(encoder_config)
             encoder_config = AutoConfig.for_model(encoder_config.pop("model_type", "bert"), **encoder_config)
@@ -63,6 +65,7 @@ class GTSConfig(PretrainedConfig):
         self.logit_scale = logit_scale
         self.label_prior_weight = label_prior_weight
         self.base_model = base_model
+        self.span_layer = span_layer  # coreference: the layer whose token states give the span cosine
         super().__init__(**kwargs)
 
     @property
@@ -178,31 +181,43 @@ class GTSForFewShotClassification(PreTrainedModel):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **encoder_kwargs: Any) -> torch.Tensor:
         """Pooled (mean or first token), L2-normalised embeddings."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs).last_hidden_state
-        if self.config.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
-        return F.normalize(pooled, dim=-1)
+        return _pool(hidden, attention_mask, self.config.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 first_input_ids: torch.Tensor | None = None, first_attention_mask: torch.Tensor | None = None,
                 second_input_ids: torch.Tensor | None = None, second_attention_mask: torch.Tensor | None = None,
+                first_span_mask: torch.Tensor | None = None, second_span_mask: torch.Tensor | None = None,
                 **kwargs: Any) -> GTSOutput:
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        embeddings = self.embed(input_ids, attention_mask, **extra)
+        output = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra,
+                              output_hidden_states=first_span_mask is not None)
+        embeddings = _pool(output.last_hidden_state, attention_mask, self.config.pooling)
         logits = self.log_logit_scale.exp() * embeddings @ F.normalize(self.option_embeddings, dim=-1).T
         pair_similarity = None
         if first_input_ids is not None and second_input_ids is not None:
             first = self.embed(first_input_ids, first_attention_mask)
             second = self.embed(second_input_ids, second_attention_mask)
             pair_similarity = (first * second).sum(-1)
+        if first_span_mask is not None and second_span_mask is not None:  # the two marked spans' cosine
+            states = output.hidden_states[self.config.span_layer]
+            first, second = (_pool(states, mask, "mean") for mask in (first_span_mask, second_span_mask))
+            pair_similarity = (first * second).sum(-1)
+        if pair_similarity is not None:
             standardised = (pair_similarity - self.pair_center) / self.pair_spread
             logits = logits + standardised.unsqueeze(-1) * self.pair_weight + self.pair_bias
         weight = self.config.label_prior_weight
         if weight > 0:  # a product of the trained and the zero-shot experts
             logits = (1 - weight) * logits + weight * self.config.logit_scale * embeddings @ self.label_prior.T
         return GTSOutput(logits=logits, embeddings=embeddings, pair_similarity=pair_similarity)
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    if pooling == "cls":
+        pooled = hidden[:, 0]
+    else:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
+    return F.normalize(pooled, dim=-1)
 
 
 # -------------------------------------------------------------------------------------------------------- pipeline
@@ -227,10 +242,15 @@ class GTSFewShotPipeline(Pipeline):
         text, text_pair = _text_and_pair(inputs)
         if not text.strip():
             raise ValueError("gts-few-shot got an empty text")
-        if self.model.config.is_pair_task != (text_pair is not None):
+        config = self.model.config
+        if config.task_type == "multiple_choice":
+            raise ValueError("multiple-choice models need gts-hf: pip install gts-hf")
+        if config.is_pair_task != (text_pair is not None):
             raise ValueError("this model classifies sentence pairs: give {'text': ..., 'text_pair': ...}"
-                             if self.model.config.is_pair_task else
+                             if config.is_pair_task else
                              "this model classifies single texts, but a text_pair was given")
+        if config.task_type == "coreference":
+            return self._span_features(text)
         joint = self._tokenize(text, text_pair)
         features = {"input_ids": joint["input_ids"], "attention_mask": joint["attention_mask"]}
         if text_pair is not None:
@@ -240,10 +260,31 @@ class GTSFewShotPipeline(Pipeline):
                                  f"{name}_attention_mask": alone["attention_mask"]})
         return features
 
-    def _tokenize(self, text: str, text_pair: str | None = None) -> dict[str, torch.Tensor]:
+    def _span_features(self, text: str) -> dict[str, torch.Tensor]:
+        """A marked text and the masks of the tokens inside its first ``[...]`` and first ``<...>``; a span cut off by
+        truncation is read as the whole text."""
+        spans = []
+        for left, right in SPAN_MARKERS:
+            start = text.find(left) + 1
+            end = text.find(right, start) if start else -1
+            if end <= start:
+                raise ValueError(f"mark the noun [like this] and the pronoun <like this>: {text[:60]!r}")
+            spans.append((start, end))
+        encoded = self._tokenize(text, return_offsets_mapping=True)
+        starts, ends = encoded["offset_mapping"][0].unbind(-1)
+        shift = len(self.model.config.query_prefix)
+        features = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
+        for name, (start, end) in zip(("first", "second"), spans):
+            inside = (ends > starts) & (starts < end + shift) & (ends > start + shift)
+            inside = inside if inside.any() else encoded["attention_mask"][0].bool()
+            features[f"{name}_span_mask"] = inside.long()[None]
+        return features
+
+    def _tokenize(self, text: str, text_pair: str | None = None, **kwargs: Any) -> dict[str, torch.Tensor]:
         config = self.model.config
         return self.tokenizer([config.query_prefix + text], [text_pair] if text_pair is not None else None,
-                              padding=True, truncation=True, max_length=config.max_seq_length, return_tensors="pt")
+                              padding=True, truncation=True, max_length=config.max_seq_length, return_tensors="pt",
+                              **kwargs)
 
     def _forward(self, model_inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         output = self.model(**model_inputs)

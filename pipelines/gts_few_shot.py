@@ -8,6 +8,7 @@
 [{'label': 'Positive', 'score': 0.97}]
 >>> classifier([{"text": "今天天气怎么样", "text_pair": "今天天气如何"}], top_k=2)   # a pair model
 >>> chooser({"text": "他说话总是＿＿，让人摸不着头脑", "choices": ["含糊其辞", "一清二楚"]})  # a multiple-choice model
+>>> resolver("[张三]把书借给了李四，因为<他>很大方")  # a coreference model: does the <pronoun> refer to the [noun]?
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def to_example(item: Any) -> Example:
 
 
 class GTSFewShotPipeline(Pipeline):
-    """Text (or text-pair) classification with a GTS student.
+    """Text (or text-pair) classification with a GTS student (for coreference models, texts with the noun marked
+    ``[like this]`` and the pronoun ``<like this>``).
 
     Call arguments: ``top_k`` (labels per input; default: the best label as a dict), ``use_knn`` (interpolate the kNN
     datastore's vote, default ``True``), ``batch_size`` (default 32), ``precision`` (``"auto"``: bf16 on GPUs;

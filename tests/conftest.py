@@ -9,6 +9,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -38,6 +39,14 @@ PAIRS_DIFF = [("今天天气怎么样", "我想吃饭"), ("你叫什么名字", 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
     return path
+
+
+def write_task_dir(folder: Path, records: Callable[[int, int], list[dict]]) -> Path:
+    """A GTS-Engine folder whose train, dev and test files hold ``records(count, offset)``: 12, 6 and 6 of them."""
+    folder.mkdir()
+    for name, count, offset in (("train", 12, 0), ("dev", 6, 12), ("test", 6, 18)):
+        write_jsonl(folder / f"{name}.json", records(count, offset))
+    return folder
 
 
 def build_tiny_student(folder: Path, texts: list[str]) -> Path:

@@ -65,11 +65,14 @@ def test_pair_task_trains_with_the_similarity_term(tiny_student, pair_dir):
 
 
 @pytest.mark.parametrize("pair_head, task_type, cosine", [
-    ("auto", "similarity", True), ("auto", "nli", False), ("cosine", "nli", True), ("joint", "similarity", False)])
-def test_the_cosine_pair_head_is_for_similarity_unless_asked(pair_head, task_type, cosine):
-    task = SimpleNamespace(is_pair=True, task_type=task_type)
+    ("auto", "similarity", True), ("auto", "nli", False), ("cosine", "nli", True), ("joint", "similarity", False),
+    ("auto", "coreference", True), ("joint", "coreference", False)])
+def test_the_cosine_pair_head_is_for_similarity_and_coreference_unless_asked(pair_head, task_type, cosine):
+    task = SimpleNamespace(is_pair=task_type != "coreference", is_coreference=task_type == "coreference",
+                           task_type=task_type)
     assert GTSEngine(pair_head=pair_head).cosine_pair_head(task) is cosine
-    assert GTSEngine(pair_head=pair_head).cosine_pair_head(SimpleNamespace(is_pair=False)) is False
+    single = SimpleNamespace(is_pair=False, is_coreference=False, task_type="classification")
+    assert GTSEngine(pair_head=pair_head).cosine_pair_head(single) is False
 
 
 @pytest.mark.parametrize("pair_head", ["cosine", "joint"])

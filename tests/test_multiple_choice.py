@@ -11,7 +11,7 @@ from transformers import pipeline
 
 from gts_hf.data import load_task
 
-from .conftest import NEGATIVE, POSITIVE, write_jsonl
+from .conftest import NEGATIVE, POSITIVE, write_task_dir
 
 
 def _records(count: int, offset: int = 0) -> list[dict]:
@@ -29,12 +29,7 @@ def _records(count: int, offset: int = 0) -> list[dict]:
 
 @pytest.fixture()
 def choice_dir(tmp_path: Path) -> Path:
-    folder = tmp_path / "chid"
-    folder.mkdir()
-    write_jsonl(folder / "train.json", _records(12))
-    write_jsonl(folder / "dev.json", _records(6, offset=12))
-    write_jsonl(folder / "test.json", _records(6, offset=18))
-    return folder
+    return write_task_dir(tmp_path / "chid", _records)
 
 
 def test_multiple_choice_trains_saves_and_predicts(choice_dir: Path, tiny_student: Path, tmp_path: Path) -> None:

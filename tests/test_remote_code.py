@@ -35,6 +35,8 @@ TOLERANCE = 1e-5
 SENTIMENT_PROBES: list[Any] = POSITIVE[5:] + NEGATIVE[5:] + ["物流很快", "质量太差", "今天天气怎么样"]
 PAIR_PROBES: list[Any] = [{"text": a, "text_pair": b} for a, b in PAIRS_SAME[4:] + PAIRS_DIFF[4:] +
                           [("今天天气怎么样", "北京很大")]]
+CORE_PROBES: list[Any] = ["[手机]很好用，<手机>质量很好", "[物流]很快，<质量>太差", "质量[很好]，<它>非常满意",
+                          "[客服]态度很差，非常<失望>"]
 CHILD_TIMEOUT = 300
 RESULT_MARKER = "GTS-CHILD-RESULT "
 
@@ -133,6 +135,18 @@ def pair_model(tiny_student: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="module")
+def coreference_model(tiny_student: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    def record(text: str, label: str) -> dict:
+        return {"text": text, "label": label}
+
+    same = ["[手机]很好用，<手机>坏了", "[质量]很好，<质量>满意", "[物流]很快，<物流>好评", "[味道]不错，<味道>很好"]
+    other = ["[手机]很好用，<物流>太慢", "[质量]很好，<客服>很差", "[物流]很快，<味道>难吃", "[味道]不错，<做工>粗糙"]
+    return _train(tiny_student, tmp_path_factory.mktemp("coreference"),
+                  [record(text, "true") for text in same[:3]] + [record(text, "false") for text in other[:3]],
+                  [record(same[3], "true"), record(other[3], "false")], {"labels": ["false", "true"]})
+
+
+@pytest.fixture(scope="module")
 def remote(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     """The remote-code module exactly as a push uploads it, imported from a file of its own."""
     path = tmp_path_factory.mktemp("remote") / REMOTE_CODE_FILE
@@ -148,6 +162,8 @@ def remote(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
 def _model(request: pytest.FixtureRequest, kind: str) -> tuple[Path, list[Any]]:
     if kind == "sentiment":
         return request.getfixturevalue("sentiment_model"), SENTIMENT_PROBES
+    if kind == "coreference":
+        return request.getfixturevalue("coreference_model"), CORE_PROBES
     return request.getfixturevalue("pair_model"), PAIR_PROBES
 
 
@@ -192,9 +208,11 @@ def test_remote_module_has_the_library_config_and_weights(remote, sentiment_mode
         (library_model.knn.settings.k, library_model.knn.settings.lam, library_model.knn.settings.temperature)
 
 
-@pytest.mark.parametrize(("kind", "search"), [("sentiment", "faiss"), ("sentiment", "numpy"), ("pair", None)])
+@pytest.mark.parametrize(("kind", "search"), [("sentiment", "faiss"), ("sentiment", "numpy"), ("pair", None),
+                                             ("coreference", None)])
 def test_remote_module_predicts_like_gts_hf(remote, request, monkeypatch, kind, search):
-    """Similarity pairs (the cosine pair head) have no datastore; the sentiment model's kNN is searched both ways."""
+    """Similarity pairs and coreference (the cosine pair head) have no datastore; the sentiment model's kNN is
+    searched both ways."""
     model_dir, inputs = _model(request, kind)
     if search == "numpy":
         monkeypatch.setattr(remote, "faiss", None)
@@ -222,6 +240,14 @@ def test_remote_pipeline_refuses_what_gts_hf_refuses(remote, sentiment_model, pa
     with pytest.raises(ValueError, match="sentence pairs"):
         pair("今天天气怎么样")
     assert pair(("今天天气怎么样", "今天天气如何"))[0]["label"] in ("0", "1")
+
+
+def test_remote_pipeline_needs_the_marked_spans_of_a_coreference_model(remote, coreference_model):
+    resolver = remote.GTSFewShotPipeline(model=remote.GTSForFewShotClassification.from_pretrained(coreference_model),
+                                         tokenizer=AutoTokenizer.from_pretrained(coreference_model))
+    with pytest.raises(ValueError, match="mark the noun"):
+        resolver("手机很好用，它坏了")
+    assert resolver(CORE_PROBES[0])[0]["label"] in ("false", "true")
 
 
 def test_datastore_saved_without_keys(remote, sentiment_model, tmp_path, monkeypatch):
