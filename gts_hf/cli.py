@@ -90,8 +90,9 @@ def _add_train(commands: Any) -> None:
     for name in ("train", "dev", "test", "labels", "unlabeled"):
         sub.add_argument(f"--{name}", help=f"the {name} file (JSON lines, JSON or CSV), overriding --data-dir's")
     sub.add_argument("--task-type", choices=("auto", *TASK_TYPES), default="auto",
-                     help="auto: choices make multiple choice, pairs similarity or nli, texts with a [noun] and a "
-                          "<pronoun> marked coreference, anything else classification")
+                     help="auto: choices make multiple choice, pairs similarity or nli, two labels over texts that "
+                          "each mark one [noun] and one <pronoun> (and no other brackets) coreference, anything else "
+                          "classification")
     _add_training_options(sub)
     _add_advanced_options(sub)
 

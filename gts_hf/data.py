@@ -258,15 +258,24 @@ def _mark_spans(record: dict[str, Any], path: str | Path, line: int) -> str:
 
 def find_spans(text: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """The character ranges ``(start, end)`` of the marked noun and pronoun, the first ``[...]`` and ``<...>`` of
-    ``text``; ``None`` unless both are there and non-empty."""
+    ``text``; ``None`` unless both are there, hold more than whitespace and do not overlap."""
     spans = []
     for left, right in SPAN_MARKERS:
         start = text.find(left) + 1
         end = text.find(right, start) if start else -1
-        if end <= start:
+        if end <= start or not text[start:end].strip():
             return None
         spans.append((start, end))
+    (noun_start, noun_end), (pronoun_start, pronoun_end) = spans
+    if noun_start <= pronoun_end and pronoun_start <= noun_end:  # markers included: "[a<b]c>" is not two spans
+        return None
     return spans[0], spans[1]
+
+
+def is_marked_once(text: str) -> bool:
+    """Whether ``text`` marks a noun and a pronoun and holds no other marker character, as CLUEWSC records read by
+    :func:`parse_example` do (what auto-detection asks of every training text)."""
+    return find_spans(text) is not None and all(text.count(char) == 1 for char in "[]<>")
 
 
 def _clean_text(value: Any, path: str | Path, line: int, name: str) -> str:
@@ -361,7 +370,8 @@ def detect_task_type(examples: Sequence[Example], labels: Sequence[str]) -> str:
     if any(example.choices is not None for example in examples):
         return "multiple_choice"
     if not any(example.text_pair is not None for example in examples):
-        return "coreference" if all(find_spans(example.text) for example in examples) else "classification"
+        marked = len(labels) == 2 and all(is_marked_once(example.text) for example in examples)
+        return "coreference" if marked else "classification"
     return "nli" if set(labels) <= NLI_LABELS else "similarity"
 
 

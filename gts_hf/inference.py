@@ -56,7 +56,7 @@ def encode_examples(tokenizer: Any, config: GTSConfig, texts: Sequence[str], tex
 
 def encode_spans(tokenizer: Any, config: GTSConfig, texts: Sequence[str]) -> dict[str, torch.Tensor]:
     """Marked texts and the masks of the tokens inside their ``[noun]`` and ``<pronoun>``. A span cut off by
-    truncation is read as the whole text (a warning says so)."""
+    truncation gets an empty mask, which the model reads as "no evidence either way" (a warning says so)."""
     if not getattr(tokenizer, "is_fast", False):
         raise ValueError("coreference models need a fast tokenizer (character offsets locate the marked spans)")
     prefix = config.query_prefix
@@ -70,13 +70,11 @@ def encode_spans(tokenizer: Any, config: GTSConfig, texts: Sequence[str]) -> dic
         starts, ends = encoded["offset_mapping"][row].unbind(-1)
         for number, (start, end) in enumerate(spans):
             inside = (ends > starts) & (starts < end + len(prefix)) & (ends > start + len(prefix))
-            if not inside.any():
-                cut_off += 1
-                inside = encoded["attention_mask"][row].bool()
+            cut_off += not inside.any()
             masks[number, row] = inside.long()
     if cut_off:
-        logger.warning("%d marked span(s) lie beyond max_seq_length=%d tokens; the whole text stands for each",
-                       cut_off, config.max_seq_length)
+        logger.warning("%d marked span(s) lie beyond max_seq_length=%d tokens: their texts' span cosine is left "
+                       "neutral", cut_off, config.max_seq_length)
     return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
             "first_span_mask": masks[0], "second_span_mask": masks[1]}
 
@@ -124,7 +122,7 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
     batches = range(0, len(examples), batch_size)
     for begin in tqdm(batches, desc="Predicting", disable=not show_progress, unit="batch"):
         batch = [examples[i] for i in order[begin:begin + batch_size]]
-        check_inputs(batch, is_pair, is_choice)
+        check_inputs(batch, is_pair, is_choice, model.config.is_coreference)
         inputs = encode_examples(tokenizer, model.config, [e.text for e in batch],
                                  [e.text_pair for e in batch] if is_pair else None,
                                  [e.choices for e in batch] if is_choice else None, num_choices=width)
@@ -143,8 +141,12 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
     return Predictions(probs, model_probs, vectors, pair, time.perf_counter() - start)
 
 
-def check_inputs(batch: Sequence[Example], is_pair: bool, is_choice: bool) -> None:
+def check_inputs(batch: Sequence[Example], is_pair: bool, is_choice: bool, is_coreference: bool = False) -> None:
     for example in batch:
+        if is_coreference and find_spans(example.text) is None:
+            where = f"{example.source}: " if example.source else ""
+            raise ValueError(f"{where}this model resolves coreference: mark the noun [like this] and the pronoun "
+                             f"<like this> in {example.text[:60]!r}")
         if is_choice != (example.choices is not None):
             raise ValueError("this model picks one of each input's choices: give {'text': ..., 'choices': [...]}"
                              if is_choice else "this model has fixed labels, but choices were given")

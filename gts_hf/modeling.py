@@ -117,13 +117,15 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
                          second_span_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings of marked texts, and the cosine of their two spans' mean contextual token states at
         ``config.span_layer`` (coreference: a pronoun's state in context resembles the noun it refers to). Like the
-        sentences-apart cosine of pairs, the span cosine is a fixed feature: no gradient flows back through it."""
+        sentences-apart cosine of pairs, the span cosine is a fixed feature: no gradient flows back through it. A span
+        with no tokens (cut off by truncation) leaves the cosine at ``pair_center``, where its term is neutral."""
         output = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         embeddings = F.normalize(pool(output.last_hidden_state, attention_mask, self.config.pooling), dim=-1)
         states = output.hidden_states[self.config.span_layer].detach()
         first, second = (F.normalize(pool(states, mask, "mean"), dim=-1)
                          for mask in (first_span_mask, second_span_mask))
-        return embeddings, (first * second).sum(-1)
+        present = (first_span_mask.sum(-1) > 0) & (second_span_mask.sum(-1) > 0)
+        return embeddings, torch.where(present, (first * second).sum(-1), self.pair_center.to(states.dtype))
 
     def score(self, embeddings: torch.Tensor, pair_similarity: torch.Tensor | None = None) -> torch.Tensor:
         """Option logits from normalised embeddings (and, for pairs, the sentences' cosine)."""

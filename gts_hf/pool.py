@@ -35,7 +35,7 @@ import torch
 from safetensors.numpy import load_file, save
 from tqdm.auto import tqdm
 
-from .data import DataError, Example, parse_example, parse_json_line
+from .data import DataError, Example, find_spans, parse_example, parse_json_line
 from .inference import predict
 
 logger = logging.getLogger(__name__)
@@ -119,9 +119,9 @@ def label_pool(model: Any, tokenizer: Any, source: str | os.PathLike, output_dir
         return _result(output_dir, manifest, [], reused, started, 0)
 
     offset, line = (finished[-1]["end_offset"], finished[-1]["last_line"]) if finished else (0, 0)
-    is_pair = bool(model.config.is_pair_task)
+    kind = _input_kind(model.config)
     done = manifest["totals"]["texts"]
-    remaining = sum(1 for _ in _stream(source, offset, line, is_pair)) if validate else None
+    remaining = sum(1 for _ in _stream(source, offset, line, kind)) if validate else None
     if validate and done + remaining == 0:
         raise DataError("no texts in the pool", source)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +133,7 @@ def label_pool(model: Any, tokenizer: Any, source: str | os.PathLike, output_dir
     labelled = 0
     bar = tqdm(total=None if remaining is None else done + remaining, initial=done, unit="text",
                desc="Labelling pool", disable=not show_progress, dynamic_ncols=True)
-    with bar, closing(_stream(source, offset, line, is_pair)) as stream:
+    with bar, closing(_stream(source, offset, line, kind)) as stream:
         while True:
             items = list(islice(stream, shard_size))
             if not items:
@@ -197,10 +197,15 @@ def stream_examples(source: str | os.PathLike) -> Iterator[Example]:
             yield example
 
 
+def _input_kind(config: Any) -> str:
+    return "pair" if config.is_pair_task else "marked" if config.is_coreference else "single"
+
+
 def _stream(path: Path, offset: int = 0, line: int = 0,
-            is_pair: bool | None = None) -> Iterator[tuple[int, Example, int]]:
+            kind: str | None = None) -> Iterator[tuple[int, Example, int]]:
     """``(line_number, example, byte offset after the line)`` from ``offset`` on (``line`` lines lie before it).
-    Blank lines are skipped; lines are split on ``\\n`` only (texts may hold U+2028), as :mod:`gts_hf.data` does."""
+    Blank lines are skipped; lines are split on ``\\n`` only (texts may hold U+2028), as :mod:`gts_hf.data` does.
+    ``kind`` (``"single"``, ``"pair"`` or ``"marked"``: a coreference text) is checked on every record."""
     with path.open("rb") as handle:
         handle.seek(offset)
         for raw in handle:
@@ -217,11 +222,19 @@ def _stream(path: Path, offset: int = 0, line: int = 0,
             if record is None:
                 continue
             example = parse_example(record, path, line, require_label=False)
-            if is_pair is not None and (example.text_pair is not None) != is_pair:
-                raise DataError("this model classifies sentence pairs: the record needs two texts (e.g. sentence1 and "
-                                "sentence2)" if is_pair else "this model classifies single texts, but the record holds "
-                                "a sentence pair", path, line)
+            if kind is not None:
+                _check_kind(example, kind, path, line)
             yield line, example, offset
+
+
+def _check_kind(example: Example, kind: str, path: Path, line: int) -> None:
+    if (example.text_pair is not None) != (kind == "pair"):
+        raise DataError("this model classifies sentence pairs: the record needs two texts (e.g. sentence1 and "
+                        "sentence2)" if kind == "pair" else "this model classifies single texts, but the record holds "
+                        "a sentence pair", path, line)
+    if kind == "marked" and find_spans(example.text) is None:
+        raise DataError("this model resolves coreference: mark the noun [like this] and the pronoun <like this> (or "
+                        "give CLUEWSC's target spans)", path, line, "text")
 
 
 def _check_source(path: Path) -> None:
@@ -251,6 +264,8 @@ def model_identity(model: Any, tokenizer: Any, use_knn: bool) -> dict[str, Any]:
     settings = {"labels": list(config.labels), "label_options": list(config.label_options),
                 "task_type": config.task_type, "query_prefix": config.query_prefix,
                 "max_seq_length": config.max_seq_length, "pooling": config.pooling, "vocab": len(tokenizer)}
+    if config.is_coreference:  # only there: the fingerprints of other models stay what they were
+        settings["span_layer"] = config.span_layer
     digest.update(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode())
     with torch.no_grad():
         for name, tensor in sorted(model.state_dict().items()):

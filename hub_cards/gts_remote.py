@@ -201,7 +201,8 @@ class GTSForFewShotClassification(PreTrainedModel):
         if first_span_mask is not None and second_span_mask is not None:  # the two marked spans' cosine
             states = output.hidden_states[self.config.span_layer]
             first, second = (_pool(states, mask, "mean") for mask in (first_span_mask, second_span_mask))
-            pair_similarity = (first * second).sum(-1)
+            present = (first_span_mask.sum(-1) > 0) & (second_span_mask.sum(-1) > 0)  # else cut off: neutral
+            pair_similarity = torch.where(present, (first * second).sum(-1), self.pair_center.to(states.dtype))
         if pair_similarity is not None:
             standardised = (pair_similarity - self.pair_center) / self.pair_spread
             logits = logits + standardised.unsqueeze(-1) * self.pair_weight + self.pair_bias
@@ -262,21 +263,18 @@ class GTSFewShotPipeline(Pipeline):
 
     def _span_features(self, text: str) -> dict[str, torch.Tensor]:
         """A marked text and the masks of the tokens inside its first ``[...]`` and first ``<...>``; a span cut off by
-        truncation is read as the whole text."""
-        spans = []
-        for left, right in SPAN_MARKERS:
-            start = text.find(left) + 1
-            end = text.find(right, start) if start else -1
-            if end <= start:
-                raise ValueError(f"mark the noun [like this] and the pronoun <like this>: {text[:60]!r}")
-            spans.append((start, end))
+        truncation gets an empty mask (the model leaves the span cosine neutral)."""
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("coreference models need a fast tokenizer (character offsets locate the marked spans)")
+        spans = _find_spans(text)
+        if spans is None:
+            raise ValueError(f"mark the noun [like this] and the pronoun <like this>: {text[:60]!r}")
         encoded = self._tokenize(text, return_offsets_mapping=True)
         starts, ends = encoded["offset_mapping"][0].unbind(-1)
         shift = len(self.model.config.query_prefix)
         features = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
         for name, (start, end) in zip(("first", "second"), spans):
             inside = (ends > starts) & (starts < end + shift) & (ends > start + shift)
-            inside = inside if inside.any() else encoded["attention_mask"][0].bool()
             features[f"{name}_span_mask"] = inside.long()[None]
         return features
 
@@ -298,6 +296,21 @@ class GTSFewShotPipeline(Pipeline):
         labels = self.model.config.labels
         scored = [{"label": labels[i], "score": float(probs[0][i])} for i in np.argsort(-probs[0])[: top_k or 1]]
         return scored if top_k is not None else scored[0]
+
+
+def _find_spans(text: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``gts_hf.data.find_spans``: the first ``[...]`` and ``<...>``, non-blank and not overlapping."""
+    spans = []
+    for left, right in SPAN_MARKERS:
+        start = text.find(left) + 1
+        end = text.find(right, start) if start else -1
+        if end <= start or not text[start:end].strip():
+            return None
+        spans.append((start, end))
+    (noun_start, noun_end), (pronoun_start, pronoun_end) = spans
+    if noun_start <= pronoun_end and pronoun_start <= noun_end:
+        return None
+    return spans[0], spans[1]
 
 
 def _text_and_pair(item: Any) -> tuple[str, str | None]:

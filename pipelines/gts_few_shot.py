@@ -74,7 +74,8 @@ class GTSFewShotPipeline(Pipeline):
     # The three-step API of `Pipeline`, used for one input at a time (e.g. by `pipeline(...)` over an iterator).
     def preprocess(self, inputs: Any) -> dict[str, Any]:
         example = to_example(inputs)
-        check_inputs([example], self.model.config.is_pair_task, self.model.config.is_multiple_choice)
+        config = self.model.config
+        check_inputs([example], config.is_pair_task, config.is_multiple_choice, config.is_coreference)
         pair = [example.text_pair] if self.model.config.is_pair_task else None
         choices = [example.choices] if self.model.config.is_multiple_choice and example.choices else None
         return {**encode_examples(self.tokenizer, self.model.config, [example.text], pair, choices),

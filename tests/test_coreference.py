@@ -11,9 +11,10 @@ import torch
 from transformers import AutoTokenizer, pipeline
 
 from gts_hf.configuration import GTSConfig
-from gts_hf.data import DataError, build_task, find_spans, load_task, read_examples
+from gts_hf.data import DataError, Example, build_task, find_spans, load_task, read_examples
 from gts_hf.hub import render_model_card
-from gts_hf.inference import encode_examples
+from gts_hf.inference import encode_examples, predict
+from gts_hf.pool import label_pool
 
 from .conftest import NEGATIVE, POSITIVE, write_jsonl, write_task_dir
 
@@ -52,7 +53,7 @@ def test_marker_characters_in_the_text_cannot_be_taken_for_the_spans(tmp_path):
     assert example.text[noun_start:noun_end] == "树叶" and example.text[pronoun_start:pronoun_end] == "他"
 
 
-@pytest.mark.parametrize("text", ["没有标记", "[名词]但没有代词", "<他>和[]", "]反了[，<他>"])
+@pytest.mark.parametrize("text", ["没有标记", "[名词]但没有代词", "<他>和[]", "]反了[，<他>", "[ ]和<他>", "[a<b]c>"])
 def test_find_spans_needs_both_spans(text):
     assert find_spans(text) is None
 
@@ -68,6 +69,16 @@ def test_marked_texts_make_a_coreference_task_and_every_split_must_be_marked(tmp
     assert build_task(single).task_type == "classification"
 
 
+@pytest.mark.parametrize("texts, labels", [
+    (["Great phone [link] <br> love <b>it</b>", "Bad [x] <b>bold</b>"], ["good", "bad"]),  # more markers than spans
+    (["[手机]很好用，<它>坏了", "[物流]很快，<它>很好", "[质量]很好，<它>不错"], ["a", "b", "c"]),  # three labels
+])
+def test_auto_detection_leaves_other_bracketed_texts_to_classification(texts, labels):
+    examples = [Example(text=text, label=label) for text, label in zip(texts, labels)]
+    assert build_task(examples).task_type == "classification"
+    assert build_task(examples, task_type="coreference").task_type == "coreference"  # asked for: the spans suffice
+
+
 def test_span_masks_cover_exactly_the_marked_tokens(tiny_student):
     tokenizer = AutoTokenizer.from_pretrained(tiny_student)
     config = GTSConfig(labels=["false", "true"], task_type="coreference", query_prefix="query: ")
@@ -80,13 +91,19 @@ def test_span_masks_cover_exactly_the_marked_tokens(tiny_student):
         encode_examples(tokenizer, config, ["没有标记"])
 
 
-def test_a_span_cut_off_by_truncation_is_read_as_the_whole_text(tiny_student, caplog):
+def test_a_span_cut_off_by_truncation_leaves_the_span_cosine_neutral(tiny_student, caplog):
+    from gts_hf.modeling import GTSForFewShotClassification
+
     tokenizer = AutoTokenizer.from_pretrained(tiny_student)
     config = GTSConfig(labels=["false", "true"], task_type="coreference", max_seq_length=8)
-    batch = encode_examples(tokenizer, config, ["[手机]很好用，质量很好，非常满意，<他>坏了"])
-    assert torch.equal(batch["second_span_mask"], batch["attention_mask"])
-    assert batch["first_span_mask"].sum() == 2
+    texts = ["[手机]很好用，质量很好，非常满意，<他>坏了", "[手]<他>"]
+    batch = encode_examples(tokenizer, config, texts)
+    assert batch["second_span_mask"][0].sum() == 0 and batch["first_span_mask"][0].sum() == 2
     assert "1 marked span(s) lie beyond max_seq_length=8" in caplog.text
+    model = GTSForFewShotClassification.from_backbone(tiny_student, config).eval()
+    model.calibrate_pair_similarity(torch.tensor([0.6, 0.8]))
+    similarity = model(**batch).pair_similarity
+    assert similarity[0].item() == pytest.approx(0.7) and similarity[1].item() != pytest.approx(0.7)
 
 
 def test_the_pair_term_is_the_cosine_of_the_two_spans_at_the_span_layer(tiny_student):
@@ -124,6 +141,13 @@ def test_coreference_trains_saves_and_predicts(coreference_dir: Path, tiny_stude
     assert {item["label"] for item in answer} == {"false", "true"}
     with pytest.raises(ValueError, match="mark the noun"):
         resolver("一段没有标记的文字")
+    with pytest.raises(ValueError, match=r"pool.jsonl:2: this model resolves coreference"):
+        predict(model, tokenizer, [task.test[0], Example(text="没有标记", source="pool.jsonl:2")])
+
+    pool = write_jsonl(tmp_path / "pool.jsonl", [{"text": task.test[0].text}, {"text": "没有标记的文字"}])
+    with pytest.raises(DataError, match=r"pool.jsonl:2: this model resolves coreference.*'text'"):
+        label_pool(model, tokenizer, pool, tmp_path / "labelled", show_progress=False)
+    assert not (tmp_path / "labelled").exists()
     output = tmp_path / "predictions.json"
     assert main(["predict", "--model", str(tmp_path / "model"), "--input", str(coreference_dir / "test.json"),
                  "--output", str(output)]) == 0

@@ -355,3 +355,16 @@ def test_pipeline_with_trust_remote_code_and_without_gts_hf(request, hub_repo_id
         assert all(message and "trust_remote_code=True" in message for message in result["refusals"]), \
             result["refusals"]
         assert not result["code_ran_before_trust"] and result["code_ran_after_trust"]  # (the check sees it run)
+
+
+def test_remote_coreference_matches_with_a_query_prefix_and_truncation(remote, coreference_model, tmp_path):
+    """The span offsets shift by the prefix, and a span cut off by truncation leaves the cosine neutral, in both."""
+    folder = Path(shutil.copytree(coreference_model, tmp_path / "model"))
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    config.update(query_prefix="query: ", max_seq_length=16)
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    probes = CORE_PROBES + ["[手机]很好用，质量很好，非常满意，物流很快，<它>坏了"]  # its pronoun lies past 16 tokens
+    classifier = remote.GTSFewShotPipeline(model=remote.GTSForFewShotClassification.from_pretrained(folder),
+                                           tokenizer=AutoTokenizer.from_pretrained(folder))
+    np.testing.assert_allclose(_pipeline_probabilities(classifier, probes), _reference(folder, probes),
+                               atol=TOLERANCE, rtol=0)
