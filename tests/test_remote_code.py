@@ -368,3 +368,11 @@ def test_remote_coreference_matches_with_a_query_prefix_and_truncation(remote, c
                                            tokenizer=AutoTokenizer.from_pretrained(folder))
     np.testing.assert_allclose(_pipeline_probabilities(classifier, probes), _reference(folder, probes),
                                atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("text", ["[手机]很好用，<它>坏了", "<它>在前，[手机]在后", "[ ]和<他>", "[a<b]c>", "没有标记", "[a]<b>"])
+def test_remote_module_finds_the_spans_gts_hf_finds(remote, text):
+    """The remote module cannot import gts_hf, so it keeps its own copy of ``find_spans``: the two must agree."""
+    from gts_hf.data import find_spans
+
+    assert remote._find_spans(text) == find_spans(text)
