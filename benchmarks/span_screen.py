@@ -18,6 +18,7 @@ import torch
 from gts_hf.data import FewShotTask, read_examples
 from gts_hf.engine import GTSEngine
 from gts_hf.inference import encode_spans
+from gts_hf.modeling import pool
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fewclue" / "cluewsc"
 
@@ -30,8 +31,8 @@ def span_cosines(model, tokenizer, texts: list[str], batch_size: int = 32) -> np
         batch = encode_spans(tokenizer, model.config, texts[start:start + batch_size])
         states = model.encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                output_hidden_states=True).hidden_states
-        masks = [batch[name].unsqueeze(-1).float() for name in ("first_span_mask", "second_span_mask")]
-        columns.append(torch.stack([torch.cosine_similarity(*((layer * mask).sum(1) / mask.sum(1) for mask in masks))
+        masks = [batch[name] for name in ("first_span_mask", "second_span_mask")]
+        columns.append(torch.stack([torch.cosine_similarity(*(pool(layer, mask, "mean") for mask in masks))
                                     for layer in states]).numpy())
     return np.concatenate(columns, axis=1)
 

@@ -122,7 +122,7 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
     batches = range(0, len(examples), batch_size)
     for begin in tqdm(batches, desc="Predicting", disable=not show_progress, unit="batch"):
         batch = [examples[i] for i in order[begin:begin + batch_size]]
-        check_inputs(batch, is_pair, is_choice, model.config.is_coreference)
+        check_inputs(batch, model.config)
         inputs = encode_examples(tokenizer, model.config, [e.text for e in batch],
                                  [e.text_pair for e in batch] if is_pair else None,
                                  [e.choices for e in batch] if is_choice else None, num_choices=width)
@@ -141,9 +141,11 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], batch_size:
     return Predictions(probs, model_probs, vectors, pair, time.perf_counter() - start)
 
 
-def check_inputs(batch: Sequence[Example], is_pair: bool, is_choice: bool, is_coreference: bool = False) -> None:
+def check_inputs(batch: Sequence[Example], config: GTSConfig) -> None:
+    """Refuse inputs of the wrong shape for the model: pairs, choices or marked spans where it needs them, or not."""
+    is_pair, is_choice = config.is_pair_task, config.is_multiple_choice
     for example in batch:
-        if is_coreference and find_spans(example.text) is None:
+        if config.is_coreference and find_spans(example.text) is None:
             where = f"{example.source}: " if example.source else ""
             raise ValueError(f"{where}this model resolves coreference: mark the noun [like this] and the pronoun "
                              f"<like this> in {example.text[:60]!r}")

@@ -119,9 +119,8 @@ def label_pool(model: Any, tokenizer: Any, source: str | os.PathLike, output_dir
         return _result(output_dir, manifest, [], reused, started, 0)
 
     offset, line = (finished[-1]["end_offset"], finished[-1]["last_line"]) if finished else (0, 0)
-    kind = _input_kind(model.config)
     done = manifest["totals"]["texts"]
-    remaining = sum(1 for _ in _stream(source, offset, line, kind)) if validate else None
+    remaining = sum(1 for _ in _stream(source, offset, line, model.config)) if validate else None
     if validate and done + remaining == 0:
         raise DataError("no texts in the pool", source)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +132,7 @@ def label_pool(model: Any, tokenizer: Any, source: str | os.PathLike, output_dir
     labelled = 0
     bar = tqdm(total=None if remaining is None else done + remaining, initial=done, unit="text",
                desc="Labelling pool", disable=not show_progress, dynamic_ncols=True)
-    with bar, closing(_stream(source, offset, line, kind)) as stream:
+    with bar, closing(_stream(source, offset, line, model.config)) as stream:
         while True:
             items = list(islice(stream, shard_size))
             if not items:
@@ -197,15 +196,11 @@ def stream_examples(source: str | os.PathLike) -> Iterator[Example]:
             yield example
 
 
-def _input_kind(config: Any) -> str:
-    return "pair" if config.is_pair_task else "marked" if config.is_coreference else "single"
-
-
 def _stream(path: Path, offset: int = 0, line: int = 0,
-            kind: str | None = None) -> Iterator[tuple[int, Example, int]]:
+            config: Any = None) -> Iterator[tuple[int, Example, int]]:
     """``(line_number, example, byte offset after the line)`` from ``offset`` on (``line`` lines lie before it).
     Blank lines are skipped; lines are split on ``\\n`` only (texts may hold U+2028), as :mod:`gts_hf.data` does.
-    ``kind`` (``"single"``, ``"pair"`` or ``"marked"``: a coreference text) is checked on every record."""
+    With a model's ``config``, every record is checked to be the input that model reads."""
     with path.open("rb") as handle:
         handle.seek(offset)
         for raw in handle:
@@ -222,17 +217,17 @@ def _stream(path: Path, offset: int = 0, line: int = 0,
             if record is None:
                 continue
             example = parse_example(record, path, line, require_label=False)
-            if kind is not None:
-                _check_kind(example, kind, path, line)
+            if config is not None:
+                _check_input(example, config, path, line)
             yield line, example, offset
 
 
-def _check_kind(example: Example, kind: str, path: Path, line: int) -> None:
-    if (example.text_pair is not None) != (kind == "pair"):
+def _check_input(example: Example, config: Any, path: Path, line: int) -> None:
+    if (example.text_pair is not None) != config.is_pair_task:
         raise DataError("this model classifies sentence pairs: the record needs two texts (e.g. sentence1 and "
-                        "sentence2)" if kind == "pair" else "this model classifies single texts, but the record holds "
-                        "a sentence pair", path, line)
-    if kind == "marked" and find_spans(example.text) is None:
+                        "sentence2)" if config.is_pair_task else "this model classifies single texts, but the record "
+                        "holds a sentence pair", path, line)
+    if config.is_coreference and find_spans(example.text) is None:
         raise DataError("this model resolves coreference: mark the noun [like this] and the pronoun <like this> (or "
                         "give CLUEWSC's target spans)", path, line, "text")
 

@@ -75,10 +75,10 @@ class GTSFewShotPipeline(Pipeline):
     def preprocess(self, inputs: Any) -> dict[str, Any]:
         example = to_example(inputs)
         config = self.model.config
-        check_inputs([example], config.is_pair_task, config.is_multiple_choice, config.is_coreference)
-        pair = [example.text_pair] if self.model.config.is_pair_task else None
-        choices = [example.choices] if self.model.config.is_multiple_choice and example.choices else None
-        return {**encode_examples(self.tokenizer, self.model.config, [example.text], pair, choices),
+        check_inputs([example], config)
+        pair = [example.text_pair] if config.is_pair_task else None
+        choices = [example.choices] if config.is_multiple_choice and example.choices else None
+        return {**encode_examples(self.tokenizer, config, [example.text], pair, choices),
                 "example": example}
 
     def _forward(self, model_inputs: dict[str, Any]) -> dict[str, Any]:
