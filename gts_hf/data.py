@@ -41,10 +41,12 @@ DEFAULT_DESCRIPTIONS = {
     "zh": {
         "similarity": {"0": "两句话意思不同", "1": "两句话意思相同"},
         "nli": {"entailment": "可以推断出", "neutral": "很难推断出", "contradiction": "不能推断出"},
+        "coreference": {"true": "代词指的是这个名词", "false": "代词指的不是这个名词"},
     },
     "en": {
         "similarity": {"0": "the two sentences mean different things", "1": "the two sentences mean the same"},
         "nli": {"entailment": "it follows", "neutral": "it may or may not follow", "contradiction": "it contradicts"},
+        "coreference": {"true": "the pronoun refers to the noun", "false": "the pronoun refers to something else"},
     },
 }
 

@@ -257,7 +257,8 @@ def render_model_card(
     template = template_text(CARD_TEMPLATE)
     return ModelCard.from_template(
         card_data, template_str=template, repo_id=repo_id, model_name=repo_id.split("/")[-1],
-        task_summary=_task_summary(config), student=_model_link(record.get("student") or config.base_model),
+        task_summary=task_summary(config), input_example=_input_example(config),
+        student=_model_link(record.get("student") or config.base_model),
         labels=[{"name": _cell(label), "option": _cell(option)}
                 for label, option in zip(config.labels, config.label_options, strict=True)],
         examples={label: [_quote(example) for example in chosen] for label, chosen in quoted.items()},
@@ -337,7 +338,19 @@ def _examples_per_label(examples: Sequence[Example], labels: Sequence[str], per_
     return {label: items for label, items in chosen.items() if items}
 
 
-def _task_summary(config: GTSConfig) -> str:
+def _input_example(config: GTSConfig) -> str:
+    """A call of the pipeline with an input of the model's kind, for the card's usage section."""
+    if config.is_multiple_choice:
+        return 'classifier({"text": "some text", "choices": ["option 1", "option 2"]})'
+    if config.is_pair_task:
+        return 'classifier({"text": "first sentence", "text_pair": "second sentence"})'
+    if config.is_coreference:
+        return 'classifier("The [trophy] did not fit in the suitcase because <it> was too big.")'
+    return 'classifier("some text")'
+
+
+def task_summary(config: GTSConfig) -> str:
+    """What the model does, in words: the card's first line and the Space's description."""
     if config.is_multiple_choice:
         return "multiple-choice model (it picks one of the candidate answers given with each input)"
     kind = {"similarity": "sentence-pair similarity", "nli": "natural language inference",

@@ -28,7 +28,7 @@ from huggingface_hub.errors import RemoteEntryNotFoundError
 from . import __version__
 from .configuration import GTSConfig
 from .hub_cards import template_text
-from .hub import DEFAULT_LICENSE, HUB_URL, hub_model_id
+from .hub import DEFAULT_LICENSE, HUB_URL, hub_model_id, task_summary
 
 APP_FILE, README_FILE, REQUIREMENTS_FILE = "app.py", "README.md", "requirements.txt"
 SPACE_FILES = (APP_FILE, README_FILE, REQUIREMENTS_FILE)
@@ -51,6 +51,7 @@ class ModelSummary:
     hub_id: str | None
     labels: list[str]
     is_pair: bool
+    task_summary: str  # e.g. "sentence-pair similarity classifier over 2 labels" (as on the model card)
     license: str
     examples: list[list[str]]
 
@@ -113,7 +114,7 @@ def describe_model(model: str | os.PathLike, revision: str | None = None, token:
     return ModelSummary(
         model=str(Path(model).expanduser().resolve()) if local else model,
         hub_id=None if local else hub_model_id(model),
-        labels=list(config.labels), is_pair=config.is_pair_task,
+        labels=list(config.labels), is_pair=config.is_pair_task, task_summary=task_summary(config),
         license=getattr(card_data, "license", None) or DEFAULT_LICENSE,
         examples=_widget_examples(getattr(card_data, "widget", None), config.is_pair_task),
     )
@@ -162,10 +163,9 @@ def _as_example_rows(examples: Sequence[str | Sequence[str]], is_pair: bool) -> 
 
 
 def _description(summary: ModelSummary) -> str:
-    kind = "sentence-pair" if summary.is_pair else "text"
     labels = ", ".join(f"`{label}`" for label in summary.labels)
     source = f"[{summary.hub_id}]({HUB_URL}/{summary.hub_id})" if summary.hub_id else "a local model"
-    return f"A few-shot {kind} classifier trained with gts-hf ({source}). Labels: {labels}."
+    return f"A few-shot {summary.task_summary}, trained with gts-hf ({source}). Labels: {labels}."
 
 
 def _space_card(summary: ModelSummary, title: str, description: str, max_chars: int, emoji: str,

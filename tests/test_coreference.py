@@ -15,6 +15,7 @@ from gts_hf.data import DataError, Example, build_task, find_spans, load_task, r
 from gts_hf.hub import render_model_card
 from gts_hf.inference import encode_examples, predict
 from gts_hf.pool import label_pool
+from gts_hf.space import write_space
 
 from .conftest import NEGATIVE, POSITIVE, write_jsonl, write_task_dir
 
@@ -127,6 +128,7 @@ def test_coreference_trains_saves_and_predicts(coreference_dir: Path, tiny_stude
     from gts_hf.engine import NO_KNN_FOR_COSINE_PAIRS, GTSEngine, evaluate_examples, load_trained
 
     task = load_task(coreference_dir)
+    assert task.option_texts() == ["代词指的不是这个名词", "代词指的是这个名词"]  # false, true: described by default
     trained = GTSEngine(mode="standard", student=str(tiny_student), head_steps=40) \
         .train(task, output_dir=tmp_path / "model")
     assert trained.record["task_type"] == "coreference" and trained.record["knn"] == NO_KNN_FOR_COSINE_PAIRS
@@ -155,6 +157,9 @@ def test_coreference_trains_saves_and_predicts(coreference_dir: Path, tiny_stude
 
     card = render_model_card(tmp_path / "model", "me/wsc", data_dir=coreference_dir)
     assert "coreference" in card.text and card.data.widget[0]["text"] in {example.text for example in task.train}
+    assert 'classifier("The [trophy] did not fit in the suitcase because <it> was too big.")' in card.text
+    space = write_space(tmp_path / "model", tmp_path / "space")
+    assert "A few-shot coreference (does the `<pronoun>` refer" in (space / "README.md").read_text(encoding="utf-8")
 
 
 def test_advanced_mode_asks_the_teacher_about_the_marked_spans_and_generates_nothing(coreference_dir: Path) -> None:
