@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,22 +33,28 @@ PRIOR_WEIGHT = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------- record
-def record(suite: str, tasks: list[str], splits: list[int]) -> None:
+def fresh_runs(suite: str, tasks: list[str], splits: list[int], folder: Path) -> Iterator[tuple]:
+    """The runs of a frozen-feature screen (FewCLUE splits, or English N = 8 seeds; test capped at ``MAX_TEST``) that
+    ``folder`` does not hold yet: ``(spec, output file, task, engine, untrained student, tokenizer)``."""
     from transformers import set_seed
 
-    TRAJECTORIES.mkdir(parents=True, exist_ok=True)
-    options = RunOptions(methods=["gts-fast"], output_dir=TRAJECTORIES, max_test=MAX_TEST)
+    folder.mkdir(parents=True, exist_ok=True)
+    options = RunOptions(methods=["gts-fast"], output_dir=folder, max_test=MAX_TEST)
     specs = fewclue_specs(options, DATA, tasks, splits) if suite == "fewclue" else \
         english_specs(options, DATA, tasks, [8], splits)
-    test_features: dict[str, dict[str, torch.Tensor]] = {}  # one test set per task, whatever the split
     for spec in specs:
-        out = TRAJECTORIES / f"{spec.task}_{spec.split}.npz"
+        out = folder / f"{spec.task}_{spec.split}.npz"
         if out.exists():
             continue
         set_seed(42)
         task = load_spec_task(spec)
         engine = GTSEngine(mode="fast")
-        model, tokenizer = engine.build_student(task)
+        yield (spec, out, task, engine, *engine.build_student(task))
+
+
+def record(suite: str, tasks: list[str], splits: list[int]) -> None:
+    test_features: dict[str, dict[str, torch.Tensor]] = {}  # one test set per task, whatever the split
+    for spec, out, task, engine, model, tokenizer in fresh_runs(suite, tasks, splits, TRAJECTORIES):
         train, dev = (features_of(predict(model, tokenizer, examples, use_knn=False))
                       for examples in (task.train, task.dev))
         if spec.task not in test_features:
@@ -157,18 +164,22 @@ def report() -> None:
     for path in sorted(TRAJECTORIES.glob("*.npz")):
         with np.load(path) as run:
             by_task[path.stem.rsplit("_", 1)[0]].append(step_rules({key: run[key] for key in run.files}))
+    print_rule_table(by_task)
+
+
+def print_rule_table(by_task: dict[str, list[dict[str, float]]]) -> None:
+    """A Markdown table of each rule's mean test accuracy per task, the mean over tasks and its gain over "current"."""
     rules = list(next(iter(by_task.values()))[0])
     means = {task: {rule: 100 * np.mean([run[rule] for run in runs]) for rule in rules}
              for task, runs in by_task.items()}
     print("| rule | " + " | ".join(f"{task} ({len(by_task[task])})" for task in means) +
           " | mean of tasks | vs current |")
     print("|---" * (len(means) + 3) + "|")
+    current = np.mean([means[task]["current"] for task in means])
     for rule in rules:
         overall = np.mean([means[task][rule] for task in means])
-        current = np.mean([means[task]["current"] for task in means])
         print(f"| {rule} | " + " | ".join(f"{means[task][rule]:.2f}" for task in means) +
               f" | {overall:.2f} | {overall - current:+.2f} |")
-
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["record"] and len(sys.argv) == 5:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
@@ -30,7 +29,7 @@ import numpy as np
 from transformers import TrainerCallback, TrainerControl
 
 from .backbones import DEFAULT_LLM
-from .data import Example, FewShotTask
+from .data import Example, FewShotTask, sample_pool
 from .generator import GenerationSettings, Generator
 from .engine import _num_processes, evaluate_examples
 from .inference import predict
@@ -165,14 +164,6 @@ def generate_examples(settings: AdvancedSettings, task: FewShotTask, teacher: Te
     record["generator"] = {"model": settings.generator, "examples": len(examples),
                            "seconds": round(time.monotonic() - begun, 1), "cache_dir": str(cache_dir)}
     return examples
-
-
-def sample_pool(unlabeled: Sequence[Example], size: int, seed: int) -> list[Example]:
-    """A seeded sample of at most ``size`` unlabelled texts (in their file order)."""
-    if len(unlabeled) <= size:
-        return list(unlabeled)
-    chosen = sorted(random.Random(seed).sample(range(len(unlabeled)), size))
-    return [unlabeled[index] for index in chosen]
 
 
 def choose_mix_weight(student_dev: np.ndarray, teacher_dev: np.ndarray | None, gold: np.ndarray) -> float:

@@ -761,7 +761,9 @@ RECIPE_CHANGES = (("the label prior", ("settings", "label_prior_weight"), GTS_ME
                   ("the cosine pair head", ("settings", "pair_head"), GTS_METHODS, ("similarity",)),
                   ("similarity pairs left the body stage and kNN", ("details", "knn", "skipped"), GTS_METHODS,
                    ("similarity",)),
-                  ("kNN left the defaults", ("details", "knn", "skipped"), GTS_METHODS, ("classification", "nli")))
+                  ("kNN left the defaults", ("details", "knn", "skipped"), GTS_METHODS, ("classification", "nli")),
+                  ("self-training joined standard", ("settings", "self_training_pool"), BODY_METHODS,
+                   ("classification", "nli")))
 
 
 def _predates(record: dict[str, Any], path: tuple[str, ...]) -> bool:

@@ -52,9 +52,9 @@ def _command(commands: Any, name: str, handler: Callable[[argparse.Namespace], i
 
 def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") -> None:
     sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
-                     help="fast: a head on frozen embeddings; standard: + a contrastive body stage "
-                          "(multiple choice: fine-tuning with GTS's recipe; similarity pairs and coreference: no "
-                          "body stage); advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
+                     help="fast: a head on frozen embeddings; standard: + a contrastive body stage and, given "
+                          "unlabelled texts, self-training of the head (multiple choice: fine-tuning with GTS's "
+                          "recipe; similarity pairs and coreference: neither); advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
     sub.add_argument("--max-seq-length", type=int, default=256, help="longer inputs are truncated")
@@ -65,6 +65,9 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
     sub.add_argument("--body-steps", type=int, default=40,
                      help="steps of the contrastive body stage (standard and advanced modes; 0: off)")
+    sub.add_argument("--self-training-pool", type=int, default=1000,
+                     help="unlabelled texts (unlabeled.json or --unlabeled) sampled to self-train the head on, "
+                          "standard and advanced modes (0: off)")
     sub.add_argument("--label-prior-weight", type=float, default=0.5,
                      help="weight of the label texts' zero-shot scores blended into the trained model's (0: off)")
     sub.add_argument("--pair-head", choices=("auto", "cosine", "joint"), default="auto",
@@ -240,17 +243,29 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
     print(f"task: {task.task_type}, {len(task.labels)} labels, {len(task.train)} train / {len(task.dev)} dev / "
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
-                       body_steps=args.body_steps, label_prior_weight=args.label_prior_weight,
+                       body_steps=args.body_steps, self_training_pool=args.self_training_pool,
+                       label_prior_weight=args.label_prior_weight,
                        finetune=args.finetune, pair_head=args.pair_head, use_knn=args.knn,
                        training_overrides=_overrides(args),
                        advanced=_advanced_settings(args))
     trained = engine.train(task, output_dir=args.output_dir)
     knn = trained.record["knn"]  # the datastore's choice, or why there is none
     retrieval = f"kNN k={knn['k']} λ={knn['lambda']}" if "k" in knn else f"no kNN ({knn['skipped']})"
-    print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}); {retrieval}; saved to {trained.output_dir}")
+    print(f"trained in {trained.record['train_seconds']:.1f}s ({args.mode}){_self_training_summary(trained.record)}; "
+          f"{retrieval}; saved to {trained.output_dir}")
     if trained.test_metrics:
         print(_format_metrics(trained.test_metrics))
     return trained
+
+
+def _self_training_summary(record: dict[str, Any]) -> str:
+    entry = record.get("self_training")
+    if not entry:
+        return ""
+    if "skipped" in entry:
+        return f"; no self-training ({entry['skipped']})"
+    outcome = "" if entry["kept"] else ", undone: dev accuracy fell"
+    return f"; self-trained on {entry['pseudo_labelled']} of {entry['pool']} unlabelled texts{outcome}"
 
 
 def _advanced_settings(args: argparse.Namespace) -> Any:

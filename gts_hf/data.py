@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import random
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -425,6 +426,14 @@ def build_task(
         label_descriptions={label: text for label, text in descriptions.items() if label in labels},
         language=language,
     )
+
+
+def sample_pool(unlabeled: Sequence[Example], size: int, seed: int) -> list[Example]:
+    """A seeded sample of at most ``size`` unlabelled texts (in their file order)."""
+    if len(unlabeled) <= size:
+        return list(unlabeled)
+    chosen = sorted(random.Random(seed).sample(range(len(unlabeled)), size))
+    return [unlabeled[index] for index in chosen]
 
 
 def _build_choice_task(train: Sequence[Example], dev: Sequence[Example], test: Sequence[Example],

@@ -364,7 +364,7 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
     rows = [("mode", record.get("mode")), ("student", _model_link(record.get("student"))),
             ("examples (train / dev / unlabelled)", _counts(record)), ("seed", record.get("seed"))]
     rows += _head_rows(record.get("head") or {}) + _body_rows(record.get("body") or {})
-    rows += _finetune_rows(record.get("finetune") or {})
+    rows += _finetune_rows(record.get("finetune") or {}) + _self_training_rows(record.get("self_training") or {})
     rows += _advanced_rows(record.get("advanced") or {}) + _prior_rows(record.get("label_prior") or {})
     rows += _knn_rows(knn, record.get("knn") or {})
     rows += [("training time", f"{record['train_seconds']} s" if "train_seconds" in record else None),
@@ -386,6 +386,15 @@ def _body_rows(body: dict[str, Any]) -> list[tuple[str, Any]]:
     return [("contrastive body stage", f"{body['body_steps']} steps of {body.get('body_batch_size')} texts, learning "
                                       f"rate {body.get('body_learning_rate')}, pair loss {loss}, dev accuracy {dev}: "
                                       f"{outcome}")]
+
+
+def _self_training_rows(entry: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "pseudo_labelled" not in entry:
+        return _skipped_row("self-training", entry)
+    outcome = "kept" if entry["kept"] else "undone (dev accuracy fell)"
+    dev = f"{_number(entry.get('dev_accuracy_before'))} → {_number(entry.get('dev_accuracy_after'))}"
+    return [("self-training", f"{entry['pseudo_labelled']} of {entry['pool']} unlabelled texts pseudo-labelled (the "
+                              f"surest {entry['per_label']} per label), fresh head, dev accuracy {dev}: {outcome}")]
 
 
 def _head_rows(head: dict[str, Any]) -> list[tuple[str, Any]]:

@@ -467,6 +467,16 @@ def fit_head(model: Any, features: dict[str, torch.Tensor], labels: torch.Tensor
     return {"head_steps": steps, "head_best_step": best_step, "head_dev_accuracy": best[0]}
 
 
+def confident_per_label(probabilities: torch.Tensor, per_label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and predicted labels of the ``per_label`` texts predicted most confidently for each label (fewer where
+    fewer texts are predicted as that label): pseudo-labels for self-training that keep every label represented."""
+    confidence, predicted = probabilities.max(-1)
+    rows = [chosen[confidence[chosen].argsort(descending=True, stable=True)[:per_label]]
+            for label in range(probabilities.shape[1]) for chosen in [torch.nonzero(predicted == label).flatten()]]
+    rows = torch.cat(rows)
+    return rows, predicted[rows]
+
+
 def _on_device(features: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {name: tensor.to(device) for name, tensor in features.items()}
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from gts_hf.advanced import AdvancedSettings, choose_mix_weight, choose_threshold, sample_pool
+from gts_hf.advanced import AdvancedSettings, choose_mix_weight, choose_threshold
+from gts_hf.data import sample_pool
 from gts_hf.data import Example, load_task
 from gts_hf.generator import GenerationCache, GenerationSettings, Generator, clean_lines, plan_requests
 from gts_hf.losses import distillation_loss

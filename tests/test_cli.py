@@ -5,8 +5,9 @@ import json
 import pytest
 
 from gts_hf.cli import main
+from gts_hf.hub import render_model_card
 
-from .conftest import write_jsonl
+from .conftest import NEGATIVE, POSITIVE, write_jsonl
 
 
 def run(*args):
@@ -34,7 +35,18 @@ def test_train_with_explicit_files_and_standard_mode(tiny_student, sentiment_dir
     record = json.loads((tmp_path / "std" / "gts_training.json").read_text())
     assert record["mode"] == "standard" and record["seed"] == 3 and record["finetune"]["epochs"] == 2
     assert "skipped" in record["knn"] and not (tmp_path / "std" / "knn").exists()  # kNN only with --knn
-    assert "no kNN (off by default" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "no kNN (off by default" in output and "no self-training (no unlabelled texts" in output
+
+
+def test_train_self_trains_on_the_unlabelled_file(tiny_student, sentiment_dir, tmp_path, capsys):
+    write_jsonl(tmp_path / "pool.json", [{"text": text} for text in POSITIVE + NEGATIVE])
+    assert run("train", "--data-dir", sentiment_dir, "--unlabeled", tmp_path / "pool.json", "--output-dir",
+               tmp_path / "model", "--student", tiny_student, "--body-steps", 0, "--self-training-pool", 6) == 0
+    record = json.loads((tmp_path / "model" / "gts_training.json").read_text())
+    assert record["self_training"]["pool"] == 6
+    assert "self-trained on " in capsys.readouterr().out
+    assert "| self-training | " in render_model_card(tmp_path / "model", "me/m").text
 
 
 @pytest.mark.parametrize("pair_head, prior_skipped", [("auto", True), ("joint", False)])  # the folder: similarity

@@ -10,6 +10,9 @@ from transformers import AutoConfig, AutoModel
 
 from gts_hf import GTSConfig, GTSEngine, GTSForFewShotClassification, load_task, load_trained, predict
 from gts_hf.engine import KNN_OFF, RECORD_FILE, save_trained
+from gts_hf.trainer import confident_per_label
+
+from .conftest import NEGATIVE, POSITIVE, write_jsonl
 
 FAST = {"mode": "fast", "head_steps": 50}
 STANDARD = {"mode": "standard", "min_finetune_steps": 8, "training_overrides": {"disable_tqdm": True}}
@@ -232,15 +235,21 @@ def test_option_fine_tuning_runs_where_it_is_the_stage_that_learns(mode, finetun
 
 @pytest.mark.parametrize("setting, value, message", [("finetune", "yes", "finetune must be one of"),
                                                      ("pair_head", "cross", "pair_head must be one of"),
-                                                     ("pair_anchor_weight", -1.0, "pair_anchor_weight must be >= 0")])
+                                                     ("pair_anchor_weight", -1.0, "pair_anchor_weight must be >= 0"),
+                                                     ("self_training_pool", -1, "self_training_pool must be >= 0"),
+                                                     ("self_training_per_label", 0,
+                                                      "self_training_per_label must be >= 1")])
 def test_bad_settings_are_refused(setting, value, message):
     with pytest.raises(ValueError, match=message):
         GTSEngine(**{setting: value})
 
 
-@pytest.mark.parametrize("dev_accuracies, kept", [((0.5, 0.75), True), ((0.75, 0.75), False)])
-def test_body_stage_is_undone_unless_dev_accuracy_rises(tiny_student, sentiment_dir, monkeypatch, dev_accuracies,
-                                                        kept):
+@pytest.mark.parametrize("stage, dev_accuracies, kept", [
+    ("_train_body", (0.5, 0.75), True), ("_train_body", (0.75, 0.75), False),  # the body stage must raise it
+    ("_self_train", (0.75, 0.75), True), ("_self_train", (0.75, 0.5), False)])  # self-training must not lower it
+def test_a_stage_is_undone_when_dev_accuracy_says_so(tiny_student, sentiment_dir, monkeypatch, stage, dev_accuracies,
+                                                     kept):
+    write_jsonl(sentiment_dir / "unlabeled.json", [{"text": text} for text in POSITIVE + NEGATIVE])
     task = load_task(sentiment_dir)
     engine = GTSEngine(student=str(tiny_student), **{**STANDARD, "head_steps": 50}, body_steps=3)
     model, tokenizer = engine.build_student(task)
@@ -248,7 +257,7 @@ def test_body_stage_is_undone_unless_dev_accuracy_rises(tiny_student, sentiment_
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     answers = iter(dev_accuracies)
     monkeypatch.setattr(GTSEngine, "_dev_accuracy_with_prior", lambda *args: next(answers))
-    assert engine._train_body(model, tokenizer, task)["kept"] is kept
+    assert getattr(engine, stage)(model, tokenizer, task)["kept"] is kept
     unchanged = all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
     assert unchanged is not kept
 
@@ -353,3 +362,31 @@ def test_body_stage_checkpointing_changes_memory_not_results(tiny_student, senti
     assert not _start_checkpointing(model.encoder, True)  # already on: left to whoever turned it on
     _stop_checkpointing(model.encoder)
     assert not _start_checkpointing(model.encoder, False)
+
+
+def test_self_training_adds_the_surest_pool_texts_of_each_label(tiny_student, sentiment_dir):
+    write_jsonl(sentiment_dir / "unlabeled.json", [{"text": text} for text in POSITIVE + NEGATIVE])
+    task = load_task(sentiment_dir)
+    trained = train(tiny_student, sentiment_dir, **STANDARD, body_steps=0, self_training_per_label=1)
+    record = trained.record["self_training"]
+    assert record["pool"] == len(task.unlabeled) and record["per_label"] == 5  # 1 × the 5 shots per label
+    assert 0 < record["pseudo_labelled"] <= 10 and record["head"]["head_steps"] == 50
+    assert record["kept"] == (record["dev_accuracy_after"] >= record["dev_accuracy_before"])
+    assert trained.model.config.label_prior_weight == 0.5  # the prior is blended in once, after self-training
+    assert "self_training" not in train(tiny_student, sentiment_dir).record  # fast mode
+    skipped = train(tiny_student, sentiment_dir, **STANDARD, body_steps=0, self_training_pool=0).record
+    assert "self_training" not in skipped
+
+
+def test_self_training_needs_an_unlabelled_pool(tiny_student, sentiment_dir):
+    record = train(tiny_student, sentiment_dir, **STANDARD, body_steps=0).record
+    assert record["self_training"] == {"skipped": "no unlabelled texts (unlabeled.json in the data folder, or "
+                                                  "--unlabeled)"}
+
+
+def test_confident_per_label_keeps_every_label_represented():
+    probabilities = torch.tensor([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.7, 0.3], [0.45, 0.55], [0.95, 0.05]])
+    rows, labels = confident_per_label(probabilities, 2)
+    assert rows.tolist() == [5, 0, 2, 4] and labels.tolist() == [0, 0, 1, 1]
+    rows, labels = confident_per_label(probabilities, 10)  # fewer predicted than asked: all of them
+    assert sorted(rows.tolist()) == list(range(6))

@@ -1,0 +1,186 @@
+"""Self-training the head on the unlabelled pool: a frozen-feature screen (benchmarks/ABLATION.md §15).
+
+``record`` embeds, with the untrained e5 student, each run's train and dev sets, the task's test set (capped at 1,000
+texts, seed 0) and a seeded sample of the run's unlabelled pool (``unlabeled.json`` for FewCLUE, the rest of
+``train.json`` for the English suite; never the test file), and saves them (one ``.npz`` per run). ``report`` then
+fits ``fast``'s head (:func:`gts_hf.trainer.fit_head`, unchanged) on those features, pseudo-labels the pool with the
+finished model (label prior included) and refits the head on the gold examples plus the most confident pool texts of
+each label (:func:`gts_hf.trainer.confident_per_label`, as the engine does), for several rules; test labels only ever
+score a rule. Each rule is scored over three head fits that differ only in their random state.
+
+    python benchmarks/self_training_screen.py record fewclue eprstmt,tnews,ocnli,csldcp 0-4
+    python benchmarks/self_training_screen.py record english cr,sst5,emotion,amazon_counterfactual_en,ag_news 0-4
+    python benchmarks/self_training_screen.py report [TASK,...]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gts_hf.bench import parse_int_list
+from gts_hf.data import sample_pool
+from gts_hf.engine import _label_tensor, features_of
+from gts_hf.inference import predict
+from gts_hf.trainer import _head_state, _load_head_state, confident_per_label, fit_head
+
+from selection_screen import fresh_runs, print_rule_table  # a sibling script (benchmarks/ is on sys.path)
+
+FEATURES = Path("/tmp/self_training_screen")
+POOL = 1000
+PRIOR_WEIGHT = 0.5
+RNG_SEEDS = (0, 1, 2)
+MULTIPLES = (2, 4, 8)
+
+
+# ---------------------------------------------------------------------------------------------------------- record
+def record(suite: str, tasks: list[str], splits: list[int]) -> None:
+    cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # test (and FewCLUE's pool) are shared by a task's runs
+    for spec, out, task, engine, model, tokenizer in fresh_runs(suite, tasks, splits, FEATURES):
+        pool = sample_pool(task.unlabeled, POOL, seed=0)
+        saved: dict[str, np.ndarray] = {}
+        for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test), ("pool", pool)):
+            shared = name == "test" or (name == "pool" and suite == "fewclue")
+            key = (spec.task, name)
+            if not shared or key not in cache:
+                features = features_of(predict(model, tokenizer, examples, use_knn=False))
+                cache[key] = {f"{name}_{k}": v.numpy() for k, v in features.items()}
+            saved.update(cache[key])
+        np.savez_compressed(out, **saved, prior=model.option_embeddings.detach().numpy(),
+                            ytrain=_label_tensor(task, task.train).numpy(), ydev=_label_tensor(task, task.dev).numpy(),
+                            ytest=_label_tensor(task, task.test).numpy(),
+                            tied=engine.head_options(task)["tie_options"])
+        print(spec.task, spec.split, len(pool), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------- report
+class Run:
+    """One run's features and a head to fit on them (the engine's student, reset to its label-text start)."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], model: torch.nn.Module, tied: bool):
+        self.arrays, self.model, self.tied, self.seed = arrays, model, tied, 0
+        with torch.no_grad():
+            model.option_embeddings.copy_(torch.from_numpy(arrays["prior"]))
+        self.params = [model.option_embeddings, model.log_logit_scale, model.pair_weight, model.pair_bias]
+        self.start = _head_state(self.params)
+        self.y = {name: torch.from_numpy(arrays[f"y{name}"]).long() for name in ("train", "dev", "test")}
+
+    def features(self, name: str, rows: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+        out = {}
+        for key in ("embeddings", "pair_similarity"):
+            if f"{name}_{key}" in self.arrays:
+                value = torch.from_numpy(self.arrays[f"{name}_{key}"]).float()
+                out[key] = value if rows is None else value[rows]
+        return out
+
+    def fit(self, extra_rows: torch.Tensor | None = None, extra_labels: torch.Tensor | None = None) -> None:
+        """The engine's head fit on the gold training set plus, optionally, pool texts with pseudo-labels. Every fit
+        starts from the same random state (mixup's weights come from torch's global generator), so rules differ only
+        by their data."""
+        _load_head_state(self.params, self.start)
+        torch.manual_seed(self.seed)
+        train, labels = self.features("train"), self.y["train"]
+        if extra_rows is not None and len(extra_rows):
+            extra = self.features("pool", extra_rows)
+            train = {key: torch.cat([value, extra[key]]) for key, value in train.items()}
+            labels = torch.cat([labels, extra_labels])
+        fit_head(self.model, train, labels, self.features("dev"), self.y["dev"], steps=300, learning_rate=1e-2,
+                 anchor_weight=100.0 if self.tied else 1.0, tie_options=self.tied, seed=42)
+
+    @torch.no_grad()
+    def probabilities(self, name: str, prior_weight: float = PRIOR_WEIGHT) -> np.ndarray:
+        features = self.features(name)
+        logits = self.model.score(features["embeddings"], features.get("pair_similarity"))
+        if prior_weight > 0 and not self.tied:
+            prior = torch.nn.functional.normalize(torch.from_numpy(self.arrays["prior"]), dim=-1)
+            logits = (1 - prior_weight) * logits + prior_weight * self.model.config.logit_scale * \
+                features["embeddings"] @ prior.T
+        return logits.softmax(-1).numpy()
+
+    def accuracy(self, name: str) -> float:
+        return float((self.probabilities(name).argmax(-1) == self.y[name].numpy()).mean())
+
+
+def rules(run: Run) -> dict[str, float]:
+    """Test accuracy of each rule, averaged over ``RNG_SEEDS`` head fits (one fit's kept step is a lottery)."""
+    per_seed = []
+    for seed in RNG_SEEDS:
+        run.seed = seed
+        per_seed.append(rules_once(run))
+    return {name: float(np.mean([scores[name] for scores in per_seed])) for name in per_seed[0]}
+
+
+def rules_once(run: Run) -> dict[str, float]:
+    run.fit()
+    scores = {"current": run.accuracy("test")}
+    dev_before, pool_probs = run.accuracy("dev"), torch.from_numpy(run.probabilities("pool"))
+    shots = int(np.bincount(run.y["train"].numpy()).max())
+    for multiple in MULTIPLES:
+        for selection, choose in SELECTIONS.items():
+            name = f"self-training, {multiple}× shots per label, {selection}"
+            run.fit(*choose(pool_probs, multiple * shots))
+            scores[name] = run.accuracy("test")
+            scores[name + ", kept if dev ≥ before"] = scores[name] if run.accuracy("dev") >= dev_before \
+                else scores["current"]
+    return scores
+
+
+def proportional(probabilities: torch.Tensor, per_label: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_label`` × labels texts in all, each label's share as in the pool's predictions, surest first."""
+    predicted = probabilities.argmax(-1)
+    total = per_label * probabilities.shape[1]
+    shares = torch.bincount(predicted, minlength=probabilities.shape[1]).float() / len(predicted)
+    rows, labels = [], []
+    for label, share in enumerate(shares.tolist()):
+        quota = round(total * share)
+        candidates = torch.nonzero(predicted == label).flatten()
+        confidence = probabilities[candidates, label]
+        keep = candidates[confidence.argsort(descending=True, stable=True)[:quota]]
+        rows.append(keep)
+        labels.append(torch.full((len(keep),), label, dtype=torch.long))
+    return torch.cat(rows), torch.cat(labels)
+
+
+SELECTIONS = {"balanced": confident_per_label, "proportional to the pool's predictions": proportional}
+
+
+def report(tasks: list[str] | None = None) -> None:
+    by_task: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for path in sorted(FEATURES.glob("*.npz")):
+        if tasks and path.stem.rsplit("_", 1)[0] not in tasks:
+            continue
+        with np.load(path) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+        if not len(arrays["pool_embeddings"]):  # no unlabelled texts (CSLDCP, OCNLI, CLUEWSC): nothing to screen
+            continue
+        scores = rules(Run(arrays, _head_only_model(*arrays["prior"].shape), bool(arrays["tied"])))
+        by_task[path.stem.rsplit("_", 1)[0]].append(scores)
+        print(path.stem, {rule: round(100 * value, 2) for rule, value in scores.items()}, file=sys.stderr, flush=True)
+    print_rule_table(by_task)
+
+def _head_only_model(num_labels: int, hidden_size: int) -> torch.nn.Module:
+    """A student whose head has the run's shape; its (tiny, random) encoder is never used: the features are stored."""
+    from transformers import BertConfig
+
+    from gts_hf.configuration import GTSConfig
+    from gts_hf.modeling import GTSForFewShotClassification
+
+    encoder = BertConfig(vocab_size=8, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=1,
+                         intermediate_size=8)
+    labels = [str(label) for label in range(num_labels)]
+    return GTSForFewShotClassification(GTSConfig(encoder_config=encoder.to_dict(), labels=labels,
+                                                 label_options=labels))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["record"] and len(sys.argv) == 5:
+        torch.set_num_threads(1)
+        record(sys.argv[2], sys.argv[3].split(","), parse_int_list(sys.argv[4]))
+    elif sys.argv[1:2] == ["report"] and len(sys.argv) <= 3:
+        report(sys.argv[2].split(",") if len(sys.argv) == 3 else None)
+    else:
+        sys.exit(__doc__)
