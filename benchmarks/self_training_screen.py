@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from gts_hf.bench import parse_int_list
-from gts_hf.data import sample_pool
+from gts_hf.data import sample_examples
 from gts_hf.engine import _label_tensor, features_of
 from gts_hf.inference import predict
 from gts_hf.trainer import _head_state, _load_head_state, confident_per_label, fit_head
@@ -41,7 +41,7 @@ MULTIPLES = (2, 4, 8)
 def record(suite: str, tasks: list[str], splits: list[int]) -> None:
     cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # test (and FewCLUE's pool) are shared by a task's runs
     for spec, out, task, engine, model, tokenizer in fresh_runs(suite, tasks, splits, FEATURES):
-        pool = sample_pool(task.unlabeled, POOL, seed=0)
+        pool = sample_examples(task.unlabeled, POOL, seed=0)
         saved: dict[str, np.ndarray] = {}
         for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test), ("pool", pool)):
             shared = name == "test" or (name == "pool" and suite == "fewclue")

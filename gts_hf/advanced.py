@@ -29,7 +29,7 @@ import numpy as np
 from transformers import TrainerCallback, TrainerControl
 
 from .backbones import DEFAULT_LLM
-from .data import Example, FewShotTask, sample_pool
+from .data import Example, FewShotTask, sample_examples
 from .generator import GenerationSettings, Generator
 from .engine import _num_processes, evaluate_examples
 from .inference import predict
@@ -83,7 +83,7 @@ def run_advanced(engine: Any, model: Any, tokenizer: Any, task: FewShotTask,
     if isinstance(teacher, CausalLMTeacher) and settings.teacher_lora:
         record["teacher_lora"] = finetune_teacher_lora(teacher, task.train, settings.lora, seed=engine.settings.seed)
     generated = generate_examples(settings, task, teacher, record, started)
-    pool = generated + sample_pool(task.unlabeled, settings.max_pool, engine.settings.seed)
+    pool = generated + sample_examples(task.unlabeled, settings.max_pool, engine.settings.seed)
     record["pool"] = {"generated": len(generated), "unlabeled": len(pool) - len(generated),
                       "unlabeled_available": len(task.unlabeled)}
     if not pool:

@@ -214,14 +214,14 @@ def dir_specs(options: RunOptions, data_dir: str | Path, name: str | None = None
 # ------------------------------------------------------------------------------------------------------------ data
 def load_spec_task(spec: RunSpec) -> Any:
     """The :class:`~gts_hf.data.FewShotTask` of a run (sampled for the English suite, test capped by ``max_test``)."""
-    from .data import load_task
+    from .data import load_task, sample_examples
 
     if spec.per_class is None:
         task = load_task(train=spec.train, dev=spec.dev, test=spec.test, labels=spec.labels, unlabeled=spec.unlabeled)
     else:
         task = sampled_task(spec)
     if spec.max_test is not None and len(task.test) > spec.max_test:
-        task = dataclasses.replace(task, test=subsample(task.test, spec.max_test, seed=0))
+        task = dataclasses.replace(task, test=sample_examples(task.test, spec.max_test, seed=0))
     return task
 
 
@@ -249,12 +249,6 @@ def sample_per_class(pool: Sequence[Any], per_class: int, seed: int) -> tuple[li
     train = [example for examples in by_label.values() for example in examples[:per_class]]
     dev = [example for examples in by_label.values() for example in examples[per_class:2 * per_class]]
     return train, dev
-
-
-def subsample(examples: Sequence[Any], size: int, seed: int) -> list[Any]:
-    """A seeded random subset of ``size`` examples, in their original order."""
-    chosen = sorted(random.Random(seed).sample(range(len(examples)), size))
-    return [examples[index] for index in chosen]
 
 
 # ----------------------------------------------------------------------------------------------------------- methods

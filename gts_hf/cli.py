@@ -54,7 +54,8 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--mode", choices=("fast", "standard", "advanced"), default=mode,
                      help="fast: a head on frozen embeddings; standard: + a contrastive body stage and, given "
                           "unlabelled texts, self-training of the head (multiple choice: fine-tuning with GTS's "
-                          "recipe; similarity pairs and coreference: neither); advanced: + fine-tuning, a teacher and a generator (an LLM) and distillation")
+                          "recipe; similarity pairs and coreference: neither); advanced: + fine-tuning, a teacher "
+                          "and a generator (an LLM) and distillation")
     sub.add_argument("--student", default=DEFAULT_STUDENT, help="Hub id or local folder of the encoder to train")
     sub.add_argument("--seed", type=int, default=42)
     sub.add_argument("--max-seq-length", type=int, default=256, help="longer inputs are truncated")

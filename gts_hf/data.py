@@ -428,12 +428,12 @@ def build_task(
     )
 
 
-def sample_pool(unlabeled: Sequence[Example], size: int, seed: int) -> list[Example]:
-    """A seeded sample of at most ``size`` unlabelled texts (in their file order)."""
-    if len(unlabeled) <= size:
-        return list(unlabeled)
-    chosen = sorted(random.Random(seed).sample(range(len(unlabeled)), size))
-    return [unlabeled[index] for index in chosen]
+def sample_examples(examples: Sequence[Example], size: int, seed: int) -> list[Example]:
+    """A seeded sample of at most ``size`` examples, in their original order (an unlabelled pool, a capped test set)."""
+    if len(examples) <= size:
+        return list(examples)
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), size))
+    return [examples[index] for index in chosen]
 
 
 def _build_choice_task(train: Sequence[Example], dev: Sequence[Example], test: Sequence[Example],

@@ -53,7 +53,7 @@ from transformers import AutoTokenizer, set_seed
 
 from .backbones import DEFAULT_STUDENT, backbone_info, resolve_model_path
 from .configuration import GTSConfig, check_unit_interval
-from .data import Example, FewShotTask, label_index, sample_pool
+from .data import Example, FewShotTask, label_index, sample_examples
 from .inference import Predictions, classification_metrics, predict
 from .modeling import GTSForFewShotClassification
 from .retrieval import KNNDatastore
@@ -293,7 +293,7 @@ class GTSEngine:
         if not task.unlabeled:
             return {"skipped": "no unlabelled texts (unlabeled.json in the data folder, or --unlabeled)"}
         settings = self.settings
-        pool = sample_pool(task.unlabeled, settings.self_training_pool, settings.seed)
+        pool = sample_examples(task.unlabeled, settings.self_training_pool, settings.seed)
         features = features_of(predict(model, tokenizer, pool, use_knn=False, show_progress=len(pool) > 500))
         per_label = settings.self_training_per_label * max(Counter(task.label_ids(task.train)).values())
         with self._label_prior_blended(model, tokenizer, task), torch.no_grad():

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gts_hf.advanced import AdvancedSettings, choose_mix_weight, choose_threshold
-from gts_hf.data import sample_pool
+from gts_hf.data import sample_examples
 from gts_hf.data import Example, load_task
 from gts_hf.generator import GenerationCache, GenerationSettings, Generator, clean_lines, plan_requests
 from gts_hf.losses import distillation_loss
@@ -189,8 +189,8 @@ def test_mix_weight_prefers_the_better_labeller() -> None:
 
 def test_pool_sample_is_seeded_and_bounded() -> None:
     pool = [Example(text=str(index)) for index in range(100)]
-    assert sample_pool(pool, 10, seed=1) == sample_pool(pool, 10, seed=1)
-    assert len(sample_pool(pool, 10, seed=1)) == 10 and sample_pool(pool[:5], 10, seed=1) == pool[:5]
+    assert sample_examples(pool, 10, seed=1) == sample_examples(pool, 10, seed=1)
+    assert len(sample_examples(pool, 10, seed=1)) == 10 and sample_examples(pool[:5], 10, seed=1) == pool[:5]
 
 
 # ----------------------------------------------------------------------------------------------------- distillation
