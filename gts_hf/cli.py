@@ -71,6 +71,10 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
                           "standard and advanced modes (0: off)")
     sub.add_argument("--label-prior-weight", type=float, default=0.5,
                      help="weight of the label texts' zero-shot scores blended into the trained model's (0: off)")
+    sub.add_argument("--option-template", metavar="TEMPLATE",
+                     help='a sentence around each label text for the zero-shot start, its "{}" the label text '
+                          '("It is {}."), or auto: the one of a short list with the lowest dev log-loss; single-text '
+                          "classification only (default: the bare label texts)")
     sub.add_argument("--pair-head", choices=("auto", "cosine", "joint"), default="auto",
                      help="sentence pairs and coreference: cosine, the two sentences' (or marked spans') cosine leads "
                           "(option vectors start tied); joint, option vectors start at the label texts; auto: cosine "
@@ -245,7 +249,7 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
                        body_steps=args.body_steps, self_training_pool=args.self_training_pool,
-                       label_prior_weight=args.label_prior_weight,
+                       label_prior_weight=args.label_prior_weight, option_template=args.option_template,
                        finetune=args.finetune, pair_head=args.pair_head, use_knn=args.knn,
                        training_overrides=_overrides(args),
                        advanced=_advanced_settings(args))

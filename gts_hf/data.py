@@ -51,6 +51,20 @@ DEFAULT_DESCRIPTIONS = {
     },
 }
 
+# Sentences a label text can be put in (``{}``) for the zero-shot start; the first, the bare text, wins ties. The
+# engine's ``option_template="auto"`` picks one per run on dev (benchmarks/ABLATION.md §16).
+OPTION_TEMPLATES = {
+    "zh": ("{}", "这是{}。", "答案是{}。", "这段文字是关于{}的。"),
+    "en": ("{}", "It is {}.", "The answer is {}.", "This text is about {}."),
+}
+
+
+def fill_template(template: str, texts: Sequence[str]) -> list[str]:
+    """Each text in the template's ``{}`` slot (other braces are kept as they are)."""
+    if template.count("{}") != 1:
+        raise ValueError(f"an option template needs exactly one '{{}}' slot for the label text, got {template!r}")
+    return [template.replace("{}", text) for text in texts]
+
 
 class DataError(ValueError):
     """Bad input data. The message names the file, line and field."""

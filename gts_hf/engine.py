@@ -53,7 +53,7 @@ from transformers import AutoTokenizer, set_seed
 
 from .backbones import DEFAULT_STUDENT, backbone_info, resolve_model_path
 from .configuration import GTSConfig, check_unit_interval
-from .data import Example, FewShotTask, label_index, sample_examples
+from .data import OPTION_TEMPLATES, Example, FewShotTask, fill_template, label_index, sample_examples
 from .inference import Predictions, classification_metrics, predict
 from .modeling import GTSForFewShotClassification
 from .retrieval import KNNDatastore
@@ -86,6 +86,7 @@ NO_KNN_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head: neighbours in the j
 NO_SELF_TRAINING_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head: no gain on sentence pairs"}
 #: kNN interpolation tuned on a few dozen dev examples lowered test accuracy by 1.5 points on average over 45 runs,
 #: and by 0.9 even when adopted only on two more correct dev examples (benchmarks/ABLATION.md §13).
+TEMPLATES_ONLY_FOR_CLASSES = {"skipped": "the label texts of pairs, coreference and choices describe a relation"}
 KNN_OFF = {"skipped": "off by default: tuned on a few dozen dev examples it lowered test accuracy (--knn turns it on)"}
 EVAL_FILE = "eval_results.json"
 
@@ -113,6 +114,8 @@ class EngineSettings:
     max_epochs: int = 30
     evaluations: int = 6
     label_prior_weight: float = 0.5
+    option_template: str | None = None  # a sentence around each label text ("It is {}."), or "auto"; see
+    # GTSEngine._apply_option_template
     use_knn: bool = False  # kNN interpolation tuned on dev; off by default, see KNN_OFF
     training_overrides: dict[str, Any] = field(default_factory=dict)
     advanced: Any = None  # AdvancedSettings for mode="advanced" (defaults when None)
@@ -153,6 +156,8 @@ class GTSEngine:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self.settings, name)}")
         for name in ("label_prior_weight", "body_interpolation"):  # before training, not after it
             check_unit_interval(name, getattr(self.settings, name))
+        if self.settings.option_template not in (None, "auto"):
+            fill_template(self.settings.option_template, [])  # refuses a template without one "{}" slot
 
     # ------------------------------------------------------------------------------------------------------- train
     def train(self, task: FewShotTask, output_dir: str | os.PathLike | None = None) -> TrainedModel:
@@ -165,6 +170,8 @@ class GTSEngine:
         started = time.perf_counter()
         model, tokenizer = self.build_student(task)
         record: dict[str, Any] = self._record_header(task)
+        if settings.option_template is not None:
+            record["option_template"] = self._apply_option_template(model, tokenizer, task)
         record["zero_shot_dev_accuracy"] = _dev_accuracy(model, tokenizer, task)
         record["head"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._fit_head(model, tokenizer, task)
         if settings.mode in ("standard", "advanced") and settings.body_steps > 0:
@@ -235,6 +242,40 @@ class GTSEngine:
         model.to(_device())
         model.set_label_options(tokenizer)
         return model, tokenizer
+
+    def _apply_option_template(self, model: GTSForFewShotClassification, tokenizer: Any,
+                               task: FewShotTask) -> dict[str, Any]:
+        """Put each label text in a sentence (``option_template``, e.g. ``"It is {}."``) before anything is trained,
+        so the zero-shot start, the head's anchor and the label prior all use it. ``"auto"`` takes the template of
+        the task's language (:data:`~gts_hf.data.OPTION_TEMPLATES`) with the lowest zero-shot log-loss on dev; the
+        bare label text wins ties and is kept without dev data.
+
+        Not a default: in a frozen-feature screen of 40 runs (benchmarks/ABLATION.md §16) ``"auto"`` raised emotion
+        by 4.6 points (zero-shot 41.5% → 54.4% with "It is {}.") but cost amazon_counterfactual_en 2.5 and SST-5 0.5,
+        +0.27 on the mean of eight tasks, within the screen's noise."""
+        if task.task_type != "classification":
+            return TEMPLATES_ONLY_FOR_CLASSES
+        template, options = self.settings.option_template, task.option_texts()
+        record: dict[str, Any] = {}
+        if template == "auto":
+            template, record = self._template_by_dev_loss(model, tokenizer, task)
+        model.set_label_options(tokenizer, fill_template(template, options))
+        return {"template": template, **record}
+
+    def _template_by_dev_loss(self, model: GTSForFewShotClassification, tokenizer: Any,
+                              task: FewShotTask) -> tuple[str, dict[str, Any]]:
+        """The template of ``OPTION_TEMPLATES`` whose zero-shot scores have the lowest dev log-loss, and the losses."""
+        candidates = OPTION_TEMPLATES[task.language]
+        if not task.dev:
+            return candidates[0], {"skipped": "no dev data to choose a template on: the bare label texts"}
+        dev = features_of(predict(model, tokenizer, task.dev, use_knn=False))["embeddings"].to(model.device)
+        labels = _label_tensor(task, task.dev).to(model.device)
+        losses = {}
+        for candidate in candidates:
+            options = model.encode_texts(tokenizer, fill_template(candidate, task.option_texts()))
+            logits = model.config.logit_scale * dev @ options.T
+            losses[candidate] = round(torch.nn.functional.cross_entropy(logits, labels).item(), 4)
+        return min(losses, key=losses.get), {"dev_log_loss": losses}  # in order: the bare text wins ties
 
     def _not_applicable(self, task: FewShotTask, for_cosine_pairs: dict[str, str]) -> dict[str, str] | None:
         """Why a stage built on the label head (body stage, label prior, kNN) does not apply to the task, as its

@@ -49,6 +49,13 @@ def test_train_self_trains_on_the_unlabelled_file(tiny_student, sentiment_dir, t
     assert "| self-training | " in render_model_card(tmp_path / "model", "me/m").text
 
 
+def test_option_template_flag_reaches_the_engine(tiny_student, sentiment_dir, tmp_path):
+    assert run("train", "--data-dir", sentiment_dir, "--output-dir", tmp_path / "model", "--mode", "fast",
+               "--student", tiny_student, "--option-template", "auto") == 0
+    record = json.loads((tmp_path / "model" / "gts_training.json").read_text())
+    assert record["option_template"]["template"] in record["option_template"]["dev_log_loss"]
+
+
 @pytest.mark.parametrize("pair_head, prior_skipped", [("auto", True), ("joint", False)])  # the folder: similarity
 def test_pair_head_flag_reaches_the_engine(tiny_student, pair_dir, tmp_path, capsys, pair_head, prior_skipped):
     assert run("train", "--data-dir", pair_dir, "--output-dir", tmp_path / "pair_model", "--mode", "fast",

@@ -9,7 +9,8 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from gts_hf import GTSConfig, GTSEngine, GTSForFewShotClassification, load_task, load_trained, predict
-from gts_hf.engine import KNN_OFF, RECORD_FILE, save_trained
+from gts_hf.data import OPTION_TEMPLATES
+from gts_hf.engine import KNN_OFF, RECORD_FILE, TEMPLATES_ONLY_FOR_CLASSES, save_trained
 from gts_hf.trainer import confident_per_label
 
 from .conftest import NEGATIVE, POSITIVE, write_jsonl
@@ -238,7 +239,8 @@ def test_option_fine_tuning_runs_where_it_is_the_stage_that_learns(mode, finetun
                                                      ("pair_anchor_weight", -1.0, "pair_anchor_weight must be >= 0"),
                                                      ("self_training_pool", -1, "self_training_pool must be >= 0"),
                                                      ("self_training_per_label", 0,
-                                                      "self_training_per_label must be >= 1")])
+                                                      "self_training_per_label must be >= 1"),
+                                                     ("option_template", "It is positive.", "exactly one '{}' slot")])
 def test_bad_settings_are_refused(setting, value, message):
     with pytest.raises(ValueError, match=message):
         GTSEngine(**{setting: value})
@@ -390,3 +392,28 @@ def test_confident_per_label_keeps_every_label_represented():
     assert rows.tolist() == [5, 0, 2, 4] and labels.tolist() == [0, 0, 1, 1]
     rows, labels = confident_per_label(probabilities, 10)  # fewer predicted than asked: all of them
     assert sorted(rows.tolist()) == list(range(6))
+
+
+def test_an_option_template_puts_each_label_text_in_a_sentence(tiny_student, sentiment_dir, tmp_path):
+    texts = load_task(sentiment_dir).option_texts()
+    trained = train(tiny_student, sentiment_dir, tmp_path / "model", option_template="It is {}.")
+    assert trained.record["option_template"] == {"template": "It is {}."}
+    assert trained.model.config.label_options == [f"It is {text}." for text in texts]
+    assert trained.record["label_options"] == texts  # the task's own texts, as given
+    assert load_trained(tmp_path / "model")[0].config.label_options == [f"It is {text}." for text in texts]
+    assert "option_template" not in train(tiny_student, sentiment_dir).record  # off by default
+
+
+def test_auto_option_template_takes_the_lowest_dev_log_loss(tiny_student, sentiment_dir):
+    record = train(tiny_student, sentiment_dir, option_template="auto").record["option_template"]
+    losses = record["dev_log_loss"]
+    assert list(losses) == list(OPTION_TEMPLATES["zh"])  # the fixture's texts are Chinese
+    assert record["template"] == min(losses, key=losses.get)
+    (sentiment_dir / "dev.json").unlink()
+    without_dev = train(tiny_student, sentiment_dir, option_template="auto").record["option_template"]
+    assert without_dev["template"] == "{}" and "no dev data" in without_dev["skipped"]
+
+
+def test_option_templates_are_for_single_text_classes(tiny_student, pair_dir):
+    record = train(tiny_student, pair_dir, option_template="It is {}.").record
+    assert record["option_template"] == TEMPLATES_ONLY_FOR_CLASSES

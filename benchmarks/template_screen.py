@@ -1,0 +1,102 @@
+"""Label texts in a sentence (``option_template``): a frozen-feature screen (benchmarks/ABLATION.md §16).
+
+On the features that ``self_training_screen.py record`` saved, each run's head is fitted and self-trained as
+``standard`` does (self-training where the task has a pool, kept unless dev accuracy falls), starting from label
+vectors that are the e5 embeddings of the label texts put in each template of
+:data:`gts_hf.data.OPTION_TEMPLATES`, and from the template the engine's ``option_template="auto"`` picks for the run
+(:meth:`GTSEngine._template_by_dev_loss`, the lowest zero-shot dev log-loss). Zero-shot test accuracy is shown too.
+Test labels only ever score a template. Each variant is scored over three head fits that differ only in their random
+state.
+
+    python benchmarks/self_training_screen.py record ...   # once, see its docstring
+    python benchmarks/template_screen.py TASK,... [SPLITS]  # e.g. cr-n8,emotion-n8,tnews 0-4
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gts_hf.bench import RunOptions, english_specs, fewclue_specs, load_spec_task, parse_int_list
+from gts_hf.data import OPTION_TEMPLATES, fill_template
+from gts_hf.engine import GTSEngine
+from gts_hf.trainer import confident_per_label
+
+from selection_screen import DATA, MAX_TEST, print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
+from self_training_screen import FEATURES, RNG_SEEDS, Run, _head_only_model
+
+
+def standard_head(run: Run) -> float:
+    """Test accuracy of the head as ``standard`` leaves it (on frozen features): fitted, then self-trained on the pool
+    unless dev accuracy falls."""
+    run.fit()
+    dev_before, test_before = run.accuracy("dev"), run.accuracy("test")
+    if not len(run.arrays["pool_embeddings"]):
+        return test_before
+    shots = int(np.bincount(run.y["train"].numpy()).max())
+    run.fit(*confident_per_label(torch.from_numpy(run.probabilities("pool")), 8 * shots))
+    return run.accuracy("test") if run.accuracy("dev") >= dev_before else test_before
+
+
+def zero_shot_accuracy(arrays: dict[str, np.ndarray], options: torch.Tensor) -> float:
+    embeddings = torch.from_numpy(arrays["test_embeddings"]).float()
+    return float(((embeddings @ options.T).argmax(-1).numpy() == arrays["ytest"]).mean())
+
+
+def task_of(task_name: str, split: int):
+    """The run's task (train, dev and the label texts) as the bench builds it."""
+    options = RunOptions(methods=["gts-fast"], output_dir=Path("/tmp/template_screen"), max_test=MAX_TEST)
+    if task_name.endswith("-n8"):
+        specs = english_specs(options, DATA, [task_name.removesuffix("-n8")], [8], [split])
+    else:
+        specs = fewclue_specs(options, DATA, [task_name], [split])
+    return load_spec_task(next(iter(specs)))
+
+
+def variants(arrays: dict[str, np.ndarray], task, engine: GTSEngine, model, tokenizer) -> dict[str, float]:
+    chosen, _ = engine._template_by_dev_loss(model, tokenizer, task)
+    scores = {}
+    for template in OPTION_TEMPLATES[task.language]:
+        options = model.encode_texts(tokenizer, fill_template(template, task.option_texts()))
+        run = Run({**arrays, "prior": options.numpy()}, _head_only_model(*options.shape), False)
+        trained = []
+        for seed in RNG_SEEDS:
+            run.seed = seed
+            trained.append(standard_head(run))
+        name = "current" if template == "{}" else f"template {template!r}"
+        scores[name + ", zero-shot"] = zero_shot_accuracy(arrays, options)
+        scores[name] = float(np.mean(trained))
+        if template == chosen:
+            scores["auto, zero-shot"], scores["auto"] = scores[name + ", zero-shot"], scores[name]
+    return {name: scores[name] for name in sorted(scores, key=lambda name: (name.startswith("auto"), name))}
+
+
+def report(tasks: list[str], splits: list[int]) -> None:
+    by_language: dict[str, dict[str, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
+    engine, model, tokenizer = GTSEngine(mode="fast"), None, None
+    for task_name in tasks:
+        for split in splits:
+            path = FEATURES / f"{task_name}_{'seed' if task_name.endswith('-n8') else 'split'}{split}.npz"
+            with np.load(path) as stored:
+                arrays = {key: stored[key] for key in stored.files}
+            task = task_of(task_name, split)
+            if model is None:
+                model, tokenizer = engine.build_student(task)
+            scores = variants(arrays, task, engine, model, tokenizer)
+            by_language[task.language][task_name].append(scores)
+            print(path.stem, {name: round(100 * value, 2) for name, value in scores.items()}, file=sys.stderr,
+                  flush=True)
+    for language, by_task in by_language.items():  # one table per language: each has its own templates
+        print(f"\n{language}\n")
+        print_rule_table(by_task)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    torch.set_num_threads(1)
+    report(sys.argv[1].split(","), parse_int_list(sys.argv[2]))
