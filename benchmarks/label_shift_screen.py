@@ -21,8 +21,6 @@ import numpy as np
 import torch
 from sklearn.metrics import matthews_corrcoef
 
-from gts_hf.trainer import confident_per_label
-
 from selection_screen import print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
 from self_training_screen import FEATURES, RNG_SEEDS, Run, _head_only_model
 
@@ -59,12 +57,7 @@ def _normalised(weights: np.ndarray) -> np.ndarray:
 
 def variants_once(run: Run) -> dict[str, tuple[float, float]]:
     """(accuracy, MCC) on test of the adopted head and of each shift applied to it."""
-    shots = int(np.bincount(run.y["train"].numpy()).max())
-    run.fit()
-    dev_before = run.accuracy("dev")
-    run.fit(*confident_per_label(torch.from_numpy(run.probabilities("pool")), 8 * shots))
-    if run.accuracy("dev") < dev_before:
-        run.fit()
+    run.fit_as_standard()
     labels = run.y["test"].numpy()
     training = np.bincount(run.y["train"].numpy(), minlength=run.arrays["prior"].shape[0]) / len(run.y["train"])
     test, pool, dev = (run.probabilities(name) for name in ("test", "pool", "dev"))

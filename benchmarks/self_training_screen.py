@@ -118,6 +118,17 @@ class Run:
                 total[name] = total.get(name, 0) + self.probabilities(name) / len(seeds)
         return total
 
+    def fit_as_standard(self) -> None:
+        """The head as ``standard`` leaves it: fitted, then self-trained on the pool (8 × shots per label, the engine's
+        default) unless dev accuracy falls; without a pool, just fitted."""
+        self.fit()
+        if not len(self.arrays["pool_embeddings"]):
+            return
+        dev_before, shots = self.accuracy("dev"), int(np.bincount(self.y["train"].numpy()).max())
+        self.fit(*confident_per_label(torch.from_numpy(self.probabilities("pool")), 8 * shots))
+        if self.accuracy("dev") < dev_before:
+            self.fit()  # undone: every fit from the same random state is the same fit
+
     def accuracy(self, name: str) -> float:
         return float((self.probabilities(name).argmax(-1) == self.y[name].numpy()).mean())
 

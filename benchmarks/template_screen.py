@@ -24,22 +24,9 @@ import torch
 from gts_hf.bench import RunOptions, english_specs, fewclue_specs, load_spec_task, parse_int_list
 from gts_hf.data import OPTION_TEMPLATES, fill_template
 from gts_hf.engine import GTSEngine
-from gts_hf.trainer import confident_per_label
 
 from selection_screen import DATA, MAX_TEST, print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
 from self_training_screen import FEATURES, RNG_SEEDS, Run, _head_only_model
-
-
-def standard_head(run: Run) -> float:
-    """Test accuracy of the head as ``standard`` leaves it (on frozen features): fitted, then self-trained on the pool
-    unless dev accuracy falls."""
-    run.fit()
-    dev_before, test_before = run.accuracy("dev"), run.accuracy("test")
-    if not len(run.arrays["pool_embeddings"]):
-        return test_before
-    shots = int(np.bincount(run.y["train"].numpy()).max())
-    run.fit(*confident_per_label(torch.from_numpy(run.probabilities("pool")), 8 * shots))
-    return run.accuracy("test") if run.accuracy("dev") >= dev_before else test_before
 
 
 def zero_shot_accuracy(arrays: dict[str, np.ndarray], options: torch.Tensor) -> float:
@@ -66,7 +53,8 @@ def variants(arrays: dict[str, np.ndarray], task, engine: GTSEngine, model, toke
         trained = []
         for seed in RNG_SEEDS:
             run.seed = seed
-            trained.append(standard_head(run))
+            run.fit_as_standard()
+            trained.append(run.accuracy("test"))
         name = "current" if template == "{}" else f"template {template!r}"
         scores[name + ", zero-shot"] = zero_shot_accuracy(arrays, options)
         scores[name] = float(np.mean(trained))

@@ -84,9 +84,9 @@ NO_KNN_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head: neighbours in the j
 #: Self-training gave the cosine pair head nothing on BUSTM (67.16% before, 67.14% after, five splits, frozen screen of
 #: benchmarks/ABLATION.md §15), while embedding the pool's pairs costs time; CLUEWSC has no unlabelled texts to try.
 NO_SELF_TRAINING_FOR_COSINE_PAIRS = {"skipped": "the cosine pair head: no gain on sentence pairs"}
+TEMPLATES_ONLY_FOR_CLASSES = {"skipped": "the label texts of pairs, coreference and choices describe a relation"}
 #: kNN interpolation tuned on a few dozen dev examples lowered test accuracy by 1.5 points on average over 45 runs,
 #: and by 0.9 even when adopted only on two more correct dev examples (benchmarks/ABLATION.md §13).
-TEMPLATES_ONLY_FOR_CLASSES = {"skipped": "the label texts of pairs, coreference and choices describe a relation"}
 KNN_OFF = {"skipped": "off by default: tuned on a few dozen dev examples it lowered test accuracy (--knn turns it on)"}
 EVAL_FILE = "eval_results.json"
 
@@ -114,8 +114,7 @@ class EngineSettings:
     max_epochs: int = 30
     evaluations: int = 6
     label_prior_weight: float = 0.5
-    option_template: str | None = None  # a sentence around each label text ("It is {}."), or "auto"; see
-    # GTSEngine._apply_option_template
+    option_template: str | None = None  # "It is {}." or "auto"; see GTSEngine._apply_option_template
     use_knn: bool = False  # kNN interpolation tuned on dev; off by default, see KNN_OFF
     training_overrides: dict[str, Any] = field(default_factory=dict)
     advanced: Any = None  # AdvancedSettings for mode="advanced" (defaults when None)
