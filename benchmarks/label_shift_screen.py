@@ -22,7 +22,7 @@ import torch
 from sklearn.metrics import matthews_corrcoef
 
 from selection_screen import print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
-from self_training_screen import FEATURES, RNG_SEEDS, Run, _head_only_model
+from self_training_screen import FEATURES, Run, load_run, over_random_states
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.2), np.log(10.0), 60))
 
@@ -82,17 +82,12 @@ def report(tasks: list[str] | None = None) -> None:
         task = path.stem.rsplit("_", 1)[0]
         if tasks and task not in tasks:
             continue
-        with np.load(path) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-        if not len(arrays["pool_embeddings"]) or bool(arrays["tied"]):  # no pool, or the cosine pair head
+        run = load_run(path)
+        if not len(run.arrays["pool_embeddings"]) or run.tied:  # no pool, or the cosine pair head
             continue
-        run = Run(arrays, _head_only_model(*arrays["prior"].shape), False)
-        per_seed = []
-        for seed in RNG_SEEDS:
-            run.seed = seed
-            per_seed.append(variants_once(run))
-        accuracy[task].append({name: float(np.mean([s[name][0] for s in per_seed])) for name in per_seed[0]})
-        mcc[task].append({name: float(np.mean([s[name][1] for s in per_seed])) for name in per_seed[0]})
+        scores = over_random_states(run, variants_once)
+        accuracy[task].append({name: float(value[0]) for name, value in scores.items()})
+        mcc[task].append({name: float(value[1]) for name, value in scores.items()})
         print(path.stem, {name: round(100 * value, 2) for name, value in accuracy[task][-1].items()},
               file=sys.stderr, flush=True)
     print("Test accuracy (%)\n")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gts_hf.backbones import DEFAULT_STUDENT
 from gts_hf.bench import RunOptions, english_specs, fewclue_specs, load_spec_task, parse_int_list
 from gts_hf.engine import GTSEngine, _label_tensor, features_of
 from gts_hf.inference import predict
@@ -33,7 +34,8 @@ PRIOR_WEIGHT = 0.5
 
 
 # ---------------------------------------------------------------------------------------------------------- record
-def fresh_runs(suite: str, tasks: list[str], splits: list[int], folder: Path) -> Iterator[tuple]:
+def fresh_runs(suite: str, tasks: list[str], splits: list[int], folder: Path,
+               student: str = DEFAULT_STUDENT) -> Iterator[tuple]:
     """The runs of a frozen-feature screen (FewCLUE splits, or English N = 8 seeds; test capped at ``MAX_TEST``) that
     ``folder`` does not hold yet: ``(spec, output file, task, engine, untrained student, tokenizer)``."""
     from transformers import set_seed
@@ -48,7 +50,7 @@ def fresh_runs(suite: str, tasks: list[str], splits: list[int], folder: Path) ->
             continue
         set_seed(42)
         task = load_spec_task(spec)
-        engine = GTSEngine(mode="fast")
+        engine = GTSEngine(mode="fast", student=student)
         yield (spec, out, task, engine, *engine.build_student(task))
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import sys
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,23 +43,32 @@ ENSEMBLE = 5  # head fits averaged by the ensemble rules
 
 # ---------------------------------------------------------------------------------------------------------- record
 def record(suite: str, tasks: list[str], splits: list[int]) -> None:
-    cache: dict[tuple[str, str], dict[str, np.ndarray]] = {}  # test (and FewCLUE's pool) are shared by a task's runs
+    shared: dict[str, dict[str, dict[str, np.ndarray]]] = {}  # per task: test (and FewCLUE's pool), the same per run
     for spec, out, task, engine, model, tokenizer in fresh_runs(suite, tasks, splits, FEATURES):
-        pool = sample_examples(task.unlabeled, POOL, seed=0)
-        saved: dict[str, np.ndarray] = {}
-        for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test), ("pool", pool)):
-            shared = name == "test" or (name == "pool" and suite == "fewclue")
-            key = (spec.task, name)
-            if not shared or key not in cache:
-                features = features_of(predict(model, tokenizer, examples, use_knn=False))
-                cache[key] = {f"{name}_{k}": v.numpy() for k, v in features.items()}
-            saved.update(cache[key])
-        np.savez_compressed(out, **saved, prior=model.option_embeddings.detach().numpy(),
-                            ytrain=_label_tensor(task, task.train).numpy(), ydev=_label_tensor(task, task.dev).numpy(),
-                            ytest=_label_tensor(task, task.test).numpy(),
-                            tied=engine.head_options(task)["tie_options"])
-        print(spec.task, spec.split, len(pool), flush=True)
+        parts = ("test", "pool") if suite == "fewclue" else ("test",)
+        save_features(out, task, engine, model, tokenizer, shared.setdefault(spec.task, {}), parts)
+        print(spec.task, spec.split, flush=True)
 
+
+def save_features(out: Path, task, engine, model: torch.nn.Module, tokenizer,
+                  shared: dict[str, dict[str, np.ndarray]] | None = None, shared_parts: tuple[str, ...] = ()) -> None:
+    """Embed the run's train, dev, test and pool texts with ``model`` and save them with the labels and the label
+    texts' embeddings. The ``shared_parts`` are taken from, or stored in, ``shared`` (the same texts in every run of
+    one task and one encoder)."""
+    pool = sample_examples(task.unlabeled, POOL, seed=0)
+    saved: dict[str, np.ndarray] = {}
+    for name, examples in (("train", task.train), ("dev", task.dev), ("test", task.test), ("pool", pool)):
+        if shared is not None and name in shared_parts and name in shared:
+            saved.update(shared[name])
+            continue
+        features = features_of(predict(model, tokenizer, examples, use_knn=False))
+        arrays = {f"{name}_{k}": v.numpy() for k, v in features.items()}
+        if shared is not None and name in shared_parts:
+            shared[name] = arrays
+        saved.update(arrays)
+    np.savez_compressed(out, **saved, prior=model.option_embeddings.detach().numpy(),
+                        ytrain=_label_tensor(task, task.train).numpy(), ydev=_label_tensor(task, task.dev).numpy(),
+                        ytest=_label_tensor(task, task.test).numpy(), tied=engine.head_options(task)["tie_options"])
 
 # ---------------------------------------------------------------------------------------------------------- report
 class Run:
@@ -79,10 +90,11 @@ class Run:
                 out[key] = value if rows is None else value[rows]
         return out
 
-    def fit(self, extra_rows: torch.Tensor | None = None, extra_labels: torch.Tensor | None = None) -> None:
+    def fit(self, extra_rows: torch.Tensor | None = None, extra_labels: torch.Tensor | None = None,
+            partner_seed: int = 42) -> None:
         """The engine's head fit on the gold training set plus, optionally, pool texts with pseudo-labels. Every fit
         starts from the same random state (mixup's weights come from torch's global generator), so rules differ only
-        by their data."""
+        by their data; ``partner_seed`` seeds mixup's choice of partners (the engine's seed)."""
         _load_head_state(self.params, self.start)
         torch.manual_seed(self.seed)
         train, labels = self.features("train"), self.y["train"]
@@ -91,7 +103,7 @@ class Run:
             train = {key: torch.cat([value, extra[key]]) for key, value in train.items()}
             labels = torch.cat([labels, extra_labels])
         fit_head(self.model, train, labels, self.features("dev"), self.y["dev"], steps=300, learning_rate=1e-2,
-                 anchor_weight=100.0 if self.tied else 1.0, tie_options=self.tied, seed=42)
+                 anchor_weight=100.0 if self.tied else 1.0, tie_options=self.tied, seed=partner_seed)
 
     @torch.no_grad()
     def probabilities(self, name: str, prior_weight: float = PRIOR_WEIGHT) -> np.ndarray:
@@ -133,13 +145,21 @@ class Run:
         return float((self.probabilities(name).argmax(-1) == self.y[name].numpy()).mean())
 
 
-def rules(run: Run) -> dict[str, float]:
-    """Test accuracy of each rule, averaged over ``RNG_SEEDS`` head fits (one fit's kept step is a lottery)."""
+def load_run(path: Path) -> Run:
+    """A screened run, from the features :func:`save_features` wrote."""
+    with np.load(path) as stored:
+        arrays = {key: stored[key] for key in stored.files}
+    return Run(arrays, _head_only_model(*arrays["prior"].shape), bool(arrays["tied"]))
+
+
+def over_random_states(run: Run, once: Callable[[Run], dict[str, Any]]) -> dict[str, Any]:
+    """``once(run)``'s scores (numbers, or tuples of them) averaged over ``RNG_SEEDS`` head fits: one fit's kept
+    step is a lottery."""
     per_seed = []
     for seed in RNG_SEEDS:
         run.seed = seed
-        per_seed.append(rules_once(run))
-    return {name: float(np.mean([scores[name] for scores in per_seed])) for name in per_seed[0]}
+        per_seed.append(once(run))
+    return {name: np.mean([scores[name] for scores in per_seed], axis=0).tolist() for name in per_seed[0]}
 
 
 def rules_once(run: Run) -> dict[str, float]:
@@ -216,11 +236,10 @@ def report(tasks: list[str] | None = None) -> None:
     for path in sorted(FEATURES.glob("*.npz")):
         if tasks and path.stem.rsplit("_", 1)[0] not in tasks:
             continue
-        with np.load(path) as stored:
-            arrays = {key: stored[key] for key in stored.files}
-        if not len(arrays["pool_embeddings"]):  # no unlabelled texts (CSLDCP, OCNLI, CLUEWSC): nothing to screen
+        run = load_run(path)
+        if not len(run.arrays["pool_embeddings"]):  # no unlabelled texts (CSLDCP, OCNLI, CLUEWSC): nothing to screen
             continue
-        scores = rules(Run(arrays, _head_only_model(*arrays["prior"].shape), bool(arrays["tied"])))
+        scores = over_random_states(run, rules_once)
         by_task[path.stem.rsplit("_", 1)[0]].append(scores)
         print(path.stem, {rule: round(100 * value, 2) for rule, value in scores.items()}, file=sys.stderr, flush=True)
     print_rule_table(by_task)

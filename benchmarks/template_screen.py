@@ -4,7 +4,8 @@ On the features that ``self_training_screen.py record`` saved, each run's head i
 ``standard`` does (self-training where the task has a pool, kept unless dev accuracy falls), starting from label
 vectors that are the e5 embeddings of the label texts put in each template of
 :data:`gts_hf.data.OPTION_TEMPLATES`, and from the template the engine's ``option_template="auto"`` picks for the run
-(:meth:`GTSEngine._template_by_dev_loss`, the lowest zero-shot dev log-loss). Zero-shot test accuracy is shown too.
+(:meth:`GTSEngine._template_by_dev_loss`, the lowest zero-shot dev log-loss), and from each label's vector averaged over
+the templates (a prompt ensemble, ABLATION §17). Zero-shot test accuracy is shown too.
 Test labels only ever score a template. Each variant is scored over three head fits that differ only in their random
 state.
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from gts_hf.bench import RunOptions, english_specs, fewclue_specs, load_spec_task, parse_int_list
 from gts_hf.data import OPTION_TEMPLATES, fill_template
@@ -46,21 +48,30 @@ def task_of(task_name: str, split: int):
 
 def variants(arrays: dict[str, np.ndarray], task, engine: GTSEngine, model, tokenizer) -> dict[str, float]:
     chosen, _ = engine._template_by_dev_loss(model, tokenizer, task)
-    scores = {}
+    scores, by_template = {}, {}
     for template in OPTION_TEMPLATES[task.language]:
-        options = model.encode_texts(tokenizer, fill_template(template, task.option_texts()))
-        run = Run({**arrays, "prior": options.numpy()}, _head_only_model(*options.shape), False)
-        trained = []
-        for seed in RNG_SEEDS:
-            run.seed = seed
-            run.fit_as_standard()
-            trained.append(run.accuracy("test"))
+        by_template[template] = model.encode_texts(tokenizer, fill_template(template, task.option_texts()))
         name = "current" if template == "{}" else f"template {template!r}"
-        scores[name + ", zero-shot"] = zero_shot_accuracy(arrays, options)
-        scores[name] = float(np.mean(trained))
+        scores[name + ", zero-shot"], scores[name] = trained_accuracy(arrays, by_template[template])
         if template == chosen:
             scores["auto, zero-shot"], scores["auto"] = scores[name + ", zero-shot"], scores[name]
-    return {name: scores[name] for name in sorted(scores, key=lambda name: (name.startswith("auto"), name))}
+    averaged = F.normalize(torch.stack([F.normalize(options, dim=-1) for options in by_template.values()]).mean(0),
+                           dim=-1)  # a prompt ensemble: each label's vector averaged over the templates
+    scores["templates averaged, zero-shot"], scores["templates averaged"] = trained_accuracy(arrays, averaged)
+    last = ("auto", "templates averaged")
+    return {name: scores[name] for name in sorted(scores, key=lambda name: (name.startswith(last), name))}
+
+
+def trained_accuracy(arrays: dict[str, np.ndarray], options: torch.Tensor) -> tuple[float, float]:
+    """Zero-shot test accuracy of the label vectors ``options``, and test accuracy once a head starting (and
+    anchored) there is fitted and self-trained as ``standard`` does, over ``RNG_SEEDS`` random states."""
+    run = Run({**arrays, "prior": options.numpy()}, _head_only_model(*options.shape), False)
+    trained = []
+    for seed in RNG_SEEDS:
+        run.seed = seed
+        run.fit_as_standard()
+        trained.append(run.accuracy("test"))
+    return zero_shot_accuracy(arrays, options), float(np.mean(trained))
 
 
 def report(tasks: list[str], splits: list[int]) -> None:

@@ -1,0 +1,116 @@
+"""Several head fits instead of one: a frozen-feature screen (benchmarks/ABLATION.md §17).
+
+One head fit keeps the step with the best dev accuracy, and with 16–48 dev texts that step is a lottery: fits that
+differ only in mixup's random draws land on different steps. On the features that ``self_training_screen.py record``
+saved, this screen fits five heads that differ only in their random state (mixup's weights and partners) and
+combines them two ways:
+
+- *probabilities averaged*: an ensemble, five heads kept at inference;
+- *heads averaged*: one head whose label vectors are the mean of the members' normalised vectors (and whose scale
+  and pair terms are the members' means); it costs nothing at inference and approximates the logits' mean.
+
+Where the task has a pool, the combined model then labels it and five heads are refitted on gold plus the
+``8 × shots`` surest texts per label, undone if dev accuracy falls (the engine's self-training rule). "current" is
+``standard``'s single fit with the same self-training. Every variant is scored over three random states; test
+labels only ever score a variant.
+
+    python benchmarks/self_training_screen.py record ...   # once, see its docstring
+    python benchmarks/ensemble_screen.py [TASK,...]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from gts_hf.trainer import _head_state, _load_head_state, confident_per_label
+
+from selection_screen import print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
+from self_training_screen import FEATURES, Run, load_run, over_random_states
+
+SIZE = 5
+PARTS = ("dev", "test", "pool")
+Combined = dict[str, np.ndarray]  # dev, test and pool probabilities
+
+
+def member_states(run: Run, size: int, extra: tuple[torch.Tensor, torch.Tensor] | None) -> list[list[torch.Tensor]]:
+    """``size`` head fits, each from its own random state (mixup's weights and partners)."""
+    states, seed = [], run.seed
+    for member in range(size):
+        run.seed = 1000 * seed + member
+        run.fit(*(extra or (None, None)), partner_seed=42 + member)
+        states.append(_head_state(run.params))
+    run.seed = seed
+    return states
+
+
+def averaged_probabilities(run: Run, states: list[list[torch.Tensor]]) -> Combined:
+    total: Combined = {}
+    for state in states:
+        _load_head_state(run.params, state)
+        for part in PARTS:
+            total[part] = total.get(part, 0) + run.probabilities(part) / len(states)
+    return total
+
+
+def averaged_head(run: Run, states: list[list[torch.Tensor]]) -> Combined:
+    """One head: the mean of the members' normalised label vectors, their mean scale and mean pair terms."""
+    options = torch.stack([F.normalize(state[0], dim=-1) for state in states]).mean(0)
+    scale = torch.stack([state[1].exp() for state in states]).mean(0).log()
+    rest = [torch.stack([state[k] for state in states]).mean(0) for k in range(2, len(states[0]))]
+    _load_head_state(run.params, [options, scale, *rest])
+    return {part: run.probabilities(part) for part in PARTS}
+
+
+COMBINERS: dict[str, Callable[[Run, list[list[torch.Tensor]]], Combined]] = {
+    "probabilities averaged": averaged_probabilities, "heads averaged": averaged_head}
+
+
+def accuracy(run: Run, probabilities: np.ndarray, part: str) -> float:
+    return float((probabilities.argmax(-1) == run.y[part].numpy()).mean())
+
+
+def variants_once(run: Run) -> dict[str, float]:
+    run.fit_as_standard()
+    scores = {"current": run.accuracy("test")}
+    has_pool = len(run.arrays["pool_embeddings"]) > 0
+    shots = int(np.bincount(run.y["train"].numpy()).max())
+    members = member_states(run, SIZE, None)  # shared by both ways of combining them
+    for name, combine in COMBINERS.items():
+        alone = combine(run, members)
+        label = f"{SIZE} fits, {name}"
+        scores[label] = accuracy(run, alone["test"], "test")
+        if not has_pool:
+            continue
+        extra = confident_per_label(torch.from_numpy(alone["pool"]), 8 * shots)
+        self_trained = combine(run, member_states(run, SIZE, extra))
+        kept = accuracy(run, self_trained["dev"], "dev") >= accuracy(run, alone["dev"], "dev")
+        scores[label + ", self-trained"] = accuracy(run, (self_trained if kept else alone)["test"], "test")
+    return scores
+
+
+def report(tasks: list[str] | None) -> None:
+    by_pool: dict[bool, dict[str, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
+    for path in sorted(FEATURES.glob("*.npz")):
+        task = path.stem.rsplit("_", 1)[0]
+        if tasks and task not in tasks:
+            continue
+        run = load_run(path)
+        scores = over_random_states(run, variants_once)
+        by_pool[len(run.arrays["pool_embeddings"]) > 0][task].append(scores)
+        print(path.stem, {name: round(100 * value, 2) for name, value in scores.items()}, file=sys.stderr, flush=True)
+    for has_pool, by_task in sorted(by_pool.items(), reverse=True):  # the rows differ: no self-training without one
+        print("\nwith an unlabelled pool\n" if has_pool else "\nwithout an unlabelled pool\n")
+        print_rule_table(by_task)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 2:
+        sys.exit(__doc__)
+    torch.set_num_threads(1)
+    report(sys.argv[1].split(",") if len(sys.argv) == 2 else None)
