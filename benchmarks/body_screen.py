@@ -61,7 +61,8 @@ def folder_of(variant: str) -> Path:
 
 def pseudo_labelled(task, frozen_features: Path) -> list[Example]:
     """The pool texts self-training would add (8 × shots per label, labelled by the head fitted on the untrained
-    encoder's features, label prior included), as training examples."""
+    encoder's features, label prior included), as training examples. The head fit reseeds torch, so this variant's
+    body stage draws its dropout from another random stream than the gold-only variants (as ABLATION §17 ran it)."""
     run = load_run(frozen_features)
     run.fit()
     shots = int(np.bincount(run.y["train"].numpy()).max())
