@@ -71,26 +71,20 @@ COMBINERS: dict[str, Callable[[Run, list[list[torch.Tensor]]], Combined]] = {
     "probabilities averaged": averaged_probabilities, "heads averaged": averaged_head}
 
 
-def accuracy(run: Run, probabilities: np.ndarray, part: str) -> float:
-    return float((probabilities.argmax(-1) == run.y[part].numpy()).mean())
-
-
 def variants_once(run: Run) -> dict[str, float]:
     run.fit_as_standard()
     scores = {"current": run.accuracy("test")}
-    has_pool = len(run.arrays["pool_embeddings"]) > 0
-    shots = int(np.bincount(run.y["train"].numpy()).max())
     members = member_states(run, SIZE, None)  # shared by both ways of combining them
     for name, combine in COMBINERS.items():
         alone = combine(run, members)
         label = f"{SIZE} fits, {name}"
-        scores[label] = accuracy(run, alone["test"], "test")
-        if not has_pool:
+        scores[label] = run.accuracy("test", alone["test"])
+        if not run.has_pool:
             continue
-        extra = confident_per_label(torch.from_numpy(alone["pool"]), 8 * shots)
+        extra = confident_per_label(torch.from_numpy(alone["pool"]), 8 * run.shots)
         self_trained = combine(run, member_states(run, SIZE, extra))
-        kept = accuracy(run, self_trained["dev"], "dev") >= accuracy(run, alone["dev"], "dev")
-        scores[label + ", self-trained"] = accuracy(run, (self_trained if kept else alone)["test"], "test")
+        kept = run.accuracy("dev", self_trained["dev"]) >= run.accuracy("dev", alone["dev"])
+        scores[label + ", self-trained"] = run.accuracy("test", (self_trained if kept else alone)["test"])
     return scores
 
 
@@ -102,7 +96,7 @@ def report(tasks: list[str] | None) -> None:
             continue
         run = load_run(path)
         scores = over_random_states(run, variants_once)
-        by_pool[len(run.arrays["pool_embeddings"]) > 0][task].append(scores)
+        by_pool[run.has_pool][task].append(scores)
         print(path.stem, {name: round(100 * value, 2) for name, value in scores.items()}, file=sys.stderr, flush=True)
     for has_pool, by_task in sorted(by_pool.items(), reverse=True):  # the rows differ: no self-training without one
         print("\nwith an unlabelled pool\n" if has_pool else "\nwithout an unlabelled pool\n")

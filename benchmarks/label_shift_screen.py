@@ -83,7 +83,7 @@ def report(tasks: list[str] | None = None) -> None:
         if tasks and task not in tasks:
             continue
         run = load_run(path)
-        if not len(run.arrays["pool_embeddings"]) or run.tied:  # no pool, or the cosine pair head
+        if not run.has_pool or run.tied:  # no pool, or the cosine pair head
             continue
         scores = over_random_states(run, variants_once)
         accuracy[task].append({name: float(value[0]) for name, value in scores.items()})

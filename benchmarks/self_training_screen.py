@@ -130,19 +130,30 @@ class Run:
                 total[name] = total.get(name, 0) + self.probabilities(name) / len(seeds)
         return total
 
+    @property
+    def shots(self) -> int:
+        """Gold examples per label (the most of any label)."""
+        return int(np.bincount(self.y["train"].numpy()).max())
+
+    @property
+    def has_pool(self) -> bool:
+        return len(self.arrays["pool_embeddings"]) > 0
+
     def fit_as_standard(self) -> None:
         """The head as ``standard`` leaves it: fitted, then self-trained on the pool (8 × shots per label, the engine's
         default) unless dev accuracy falls; without a pool, just fitted."""
         self.fit()
-        if not len(self.arrays["pool_embeddings"]):
+        if not self.has_pool:
             return
-        dev_before, shots = self.accuracy("dev"), int(np.bincount(self.y["train"].numpy()).max())
-        self.fit(*confident_per_label(torch.from_numpy(self.probabilities("pool")), 8 * shots))
+        dev_before = self.accuracy("dev")
+        self.fit(*confident_per_label(torch.from_numpy(self.probabilities("pool")), 8 * self.shots))
         if self.accuracy("dev") < dev_before:
             self.fit()  # undone: every fit from the same random state is the same fit
 
-    def accuracy(self, name: str) -> float:
-        return float((self.probabilities(name).argmax(-1) == self.y[name].numpy()).mean())
+    def accuracy(self, name: str, probabilities: np.ndarray | None = None) -> float:
+        """Accuracy on ``name`` of the current head, or of the given ``probabilities`` of its texts."""
+        probabilities = self.probabilities(name) if probabilities is None else probabilities
+        return float((probabilities.argmax(-1) == self.y[name].numpy()).mean())
 
 
 def load_run(path: Path) -> Run:
@@ -167,7 +178,7 @@ def rules_once(run: Run) -> dict[str, float]:
     scores = {"current": run.accuracy("test")}
     dev_before, dev_loss_before = run.accuracy("dev"), run.dev_loss()
     pool_probs = torch.from_numpy(run.probabilities("pool"))
-    shots = int(np.bincount(run.y["train"].numpy()).max())
+    shots = run.shots
     for multiple in MULTIPLES:
         for selection, choose in SELECTIONS.items():
             name = f"self-training, {multiple}× shots per label, {selection}"
@@ -237,7 +248,7 @@ def report(tasks: list[str] | None = None) -> None:
         if tasks and path.stem.rsplit("_", 1)[0] not in tasks:
             continue
         run = load_run(path)
-        if not len(run.arrays["pool_embeddings"]):  # no unlabelled texts (CSLDCP, OCNLI, CLUEWSC): nothing to screen
+        if not run.has_pool:  # no unlabelled texts (CSLDCP, OCNLI, CLUEWSC): nothing to screen
             continue
         scores = over_random_states(run, rules_once)
         by_task[path.stem.rsplit("_", 1)[0]].append(scores)

@@ -45,16 +45,11 @@ def record(suite: str, tasks: list[str], splits: list[int]) -> None:
         print(spec.task, spec.split, flush=True)
 
 
-def accuracy(run: Run, probabilities: np.ndarray, part: str) -> float:
-    return float((probabilities.argmax(-1) == run.y[part].numpy()).mean())
-
-
 def self_trained_on(student: Run, pool_probabilities: np.ndarray) -> float:
     """Test accuracy of the student's head refitted on gold plus the pool as ``pool_probabilities`` label it, kept
     unless dev accuracy falls (the engine's rule); ``student`` holds its plain fit on entry."""
-    before, shots = student.accuracy("dev"), int(np.bincount(student.y["train"].numpy()).max())
-    plain = student.accuracy("test")
-    student.fit(*confident_per_label(torch.from_numpy(pool_probabilities), 8 * shots))
+    before, plain = student.accuracy("dev"), student.accuracy("test")
+    student.fit(*confident_per_label(torch.from_numpy(pool_probabilities), 8 * student.shots))
     return student.accuracy("test") if student.accuracy("dev") >= before else plain
 
 
@@ -65,7 +60,7 @@ def variants_once(student: Run, teacher: Run) -> dict[str, float]:
     student.fit_as_standard()
     scores = {"current": student.accuracy("test"), "MiniLM's own head (reference)": teacher.accuracy("test")}
     both_test = (student.probabilities("test") + teacher_probabilities["test"]) / 2
-    scores["both heads averaged (reference: two encoders)"] = accuracy(student, both_test, "test")
+    scores["both heads averaged (reference: two encoders)"] = student.accuracy("test", both_test)
     student.fit()
     own_pool = student.probabilities("pool")
     scores["pool labelled by MiniLM"] = self_trained_on(student, teacher_probabilities["pool"])
@@ -81,7 +76,7 @@ def report() -> None:
         if not (FEATURES / path.name).exists():
             continue
         student, teacher = load_run(FEATURES / path.name), load_run(path)
-        if not len(student.arrays["pool_embeddings"]):
+        if not student.has_pool:
             continue
         scores = over_random_states(student, lambda run: variants_once(run, teacher))
         by_task[path.stem.rsplit("_", 1)[0]].append(scores)

@@ -28,7 +28,7 @@ from gts_hf.data import OPTION_TEMPLATES, fill_template
 from gts_hf.engine import GTSEngine
 
 from selection_screen import DATA, MAX_TEST, print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
-from self_training_screen import FEATURES, RNG_SEEDS, Run, _head_only_model
+from self_training_screen import FEATURES, Run, _head_only_model, over_random_states
 
 
 def zero_shot_accuracy(arrays: dict[str, np.ndarray], options: torch.Tensor) -> float:
@@ -66,12 +66,12 @@ def trained_accuracy(arrays: dict[str, np.ndarray], options: torch.Tensor) -> tu
     """Zero-shot test accuracy of the label vectors ``options``, and test accuracy once a head starting (and
     anchored) there is fitted and self-trained as ``standard`` does, over ``RNG_SEEDS`` random states."""
     run = Run({**arrays, "prior": options.numpy()}, _head_only_model(*options.shape), False)
-    trained = []
-    for seed in RNG_SEEDS:
-        run.seed = seed
-        run.fit_as_standard()
-        trained.append(run.accuracy("test"))
-    return zero_shot_accuracy(arrays, options), float(np.mean(trained))
+    return zero_shot_accuracy(arrays, options), over_random_states(run, standard_test_accuracy)["test"]
+
+
+def standard_test_accuracy(run: Run) -> dict[str, float]:
+    run.fit_as_standard()
+    return {"test": run.accuracy("test")}
 
 
 def report(tasks: list[str], splits: list[int]) -> None:
