@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -146,6 +147,7 @@ class GTSEngine:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.settings = EngineSettings(mode=mode, student=student, seed=seed, **settings)
+        self._encoded = EncodedExamples()
         if self.settings.finetune not in FINETUNE_CHOICES:
             raise ValueError(f"finetune must be one of {FINETUNE_CHOICES}, got {self.settings.finetune!r}")
         if self.settings.pair_head not in PAIR_HEADS:
@@ -171,7 +173,7 @@ class GTSEngine:
         record: dict[str, Any] = self._record_header(task)
         if settings.option_template is not None:
             record["option_template"] = self._apply_option_template(model, tokenizer, task)
-        record["zero_shot_dev_accuracy"] = _dev_accuracy(model, tokenizer, task)
+        record["zero_shot_dev_accuracy"] = self._dev_accuracy(model, tokenizer, task)
         record["head"] = NOT_FOR_CHOICES if task.is_multiple_choice else self._fit_head(model, tokenizer, task)
         if settings.mode in ("standard", "advanced") and settings.body_steps > 0:
             record["body"] = self._not_applicable(task, NO_BODY_FOR_COSINE_PAIRS) or \
@@ -267,7 +269,7 @@ class GTSEngine:
         candidates = OPTION_TEMPLATES[task.language]
         if not task.dev:
             return candidates[0], {"skipped": "no dev data to choose a template on: the bare label texts"}
-        dev = features_of(predict(model, tokenizer, task.dev, use_knn=False))["embeddings"].to(model.device)
+        dev = self._encoded(model, tokenizer, task.dev)["embeddings"].to(model.device)
         labels = _label_tensor(task, task.dev).to(model.device)
         losses = {}
         for candidate in candidates:
@@ -308,7 +310,16 @@ class GTSEngine:
                                  task: FewShotTask) -> float | None:
         """Dev accuracy as the finished model would score (the label prior blended in), the model left unchanged."""
         with self._label_prior_blended(model, tokenizer, task):
-            return _dev_accuracy(model, tokenizer, task)
+            return self._dev_accuracy(model, tokenizer, task)
+
+    def _dev_accuracy(self, model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> float | None:
+        """Dev accuracy of the model as it is (no kNN), scored on dev embeddings computed once per encoder state."""
+        if not task.dev:
+            return None
+        if task.is_multiple_choice:  # scored against each example's own choices, not the option head
+            return evaluate_examples(model, tokenizer, task.dev, use_knn=False)["accuracy"]
+        predicted = score_features(model, self._encoded(model, tokenizer, task.dev)).argmax(-1)
+        return (predicted == _label_tensor(task, task.dev)).float().mean().item()
 
     @contextmanager
     def _label_prior_blended(self, model: GTSForFewShotClassification, tokenizer: Any,
@@ -336,10 +347,9 @@ class GTSEngine:
         pool = sample_examples(task.unlabeled, settings.self_training_pool, settings.seed)
         features = features_of(predict(model, tokenizer, pool, use_knn=False, show_progress=len(pool) > 500))
         per_label = settings.self_training_per_label * max(Counter(task.label_ids(task.train)).values())
-        with self._label_prior_blended(model, tokenizer, task), torch.no_grad():
-            on_device = {key: value.to(model.device) for key, value in features.items()}
-            probabilities = model.score(on_device["embeddings"], on_device.get("pair_similarity")).softmax(-1)
-        rows, labels = confident_per_label(probabilities.cpu(), per_label)
+        with self._label_prior_blended(model, tokenizer, task):
+            probabilities = score_features(model, features).softmax(-1)
+        rows, labels = confident_per_label(probabilities, per_label)
         before = self._dev_accuracy_with_prior(model, tokenizer, task)
         saved = {name: tensor.clone() for name, tensor in model.state_dict().items() if not name.startswith("encoder.")}
         model.set_label_options(tokenizer)
@@ -355,12 +365,12 @@ class GTSEngine:
                   extra: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None) -> dict[str, Any]:
         """:func:`~gts_hf.trainer.fit_head` on the training set's current embeddings (plus ``extra`` features and
         labels: self-training's pseudo-labelled texts), dev-selected."""
-        train = features_of(predict(model, tokenizer, task.train, use_knn=False))
+        train = self._encoded(model, tokenizer, task.train)
         labels = _label_tensor(task, task.train)
         if extra is not None:
             train = {key: torch.cat([value, extra[0][key]]) for key, value in train.items()}
             labels = torch.cat([labels, extra[1]])
-        dev = features_of(predict(model, tokenizer, task.dev, use_knn=False)) if task.dev else None
+        dev = self._encoded(model, tokenizer, task.dev) if task.dev else None
         return fit_head(model, train, labels, dev, _label_tensor(task, task.dev) if task.dev else None,
                         **self.head_options(task))
 
@@ -390,10 +400,10 @@ class GTSEngine:
                            task: FewShotTask) -> dict[str, Any]:
         """A fixed weight, not chosen on dev: a few dozen dev examples are too few to weigh the prior (measured in
         benchmarks/ABLATION.md)."""
-        before = _dev_accuracy(model, tokenizer, task)
+        before = self._dev_accuracy(model, tokenizer, task)
         model.set_label_prior(tokenizer, self.settings.label_prior_weight)
         return {"weight": self.settings.label_prior_weight, "dev_accuracy_before": before,
-                "dev_accuracy_after": _dev_accuracy(model, tokenizer, task)}
+                "dev_accuracy_after": self._dev_accuracy(model, tokenizer, task)}
 
     def training_arguments(self, num_train: int) -> GTSTrainingArguments:
         """Fine-tuning arguments: enough epochs for ``min_finetune_steps`` optimiser steps, then the overrides."""
@@ -431,6 +441,38 @@ def features_of(predictions: Predictions) -> dict[str, torch.Tensor]:
     if predictions.pair_similarity is not None:
         features["pair_similarity"] = torch.from_numpy(predictions.pair_similarity)
     return features
+
+
+class EncodedExamples:
+    """The features (:func:`features_of`) of example lists under the encoder's current weights, computed once.
+
+    Most of a training run changes only what sits on the encoder (the head, the label prior, self-training's refit),
+    yet checks dev accuracy after each stage: without this, ``standard`` embedded the same dev texts ten times (seven
+    of them under unchanged weights). A change of the encoder (the body stage, fine-tuning, restoring saved weights, a
+    move to another device) is seen in the parameters' version counters and storage, and empties the cache, as does
+    another model."""
+
+    def __init__(self) -> None:
+        self._model: weakref.ref | None = None
+        self._state: tuple[tuple[int, int], ...] = ()
+        self._features: dict[tuple[tuple[str, str | None], ...], dict[str, torch.Tensor]] = {}
+
+    def __call__(self, model: GTSForFewShotClassification, tokenizer: Any,
+                 examples: list[Example]) -> dict[str, torch.Tensor]:
+        state = tuple((param.data_ptr(), param._version) for param in model.encoder.parameters())
+        if self._model is None or self._model() is not model or state != self._state:
+            self._model, self._state, self._features = weakref.ref(model), state, {}
+        key = tuple((example.text, example.text_pair) for example in examples)
+        if key not in self._features:
+            self._features[key] = features_of(predict(model, tokenizer, examples, use_knn=False))
+        return self._features[key]
+
+
+@torch.no_grad()
+def score_features(model: GTSForFewShotClassification, features: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The option head's logits (label prior included, kNN not) of precomputed :func:`features_of`, on the CPU."""
+    on_device = {key: value.to(model.device) for key, value in features.items()}
+    return model.score(on_device["embeddings"], on_device.get("pair_similarity")).float().cpu()
 
 
 def attach_knn(model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> dict[str, Any]:
@@ -522,12 +564,6 @@ def _check_output_dir(output_dir: Path) -> None:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _dev_accuracy(model: GTSForFewShotClassification, tokenizer: Any, task: FewShotTask) -> float | None:
-    if not task.dev:
-        return None
-    return evaluate_examples(model, tokenizer, task.dev, use_knn=False)["accuracy"]
 
 
 def _trainable_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -417,3 +417,62 @@ def test_auto_option_template_takes_the_lowest_dev_log_loss(tiny_student, sentim
 def test_option_templates_are_for_single_text_classes(tiny_student, pair_dir):
     record = train(tiny_student, pair_dir, option_template="It is {}.").record
     assert record["option_template"] == TEMPLATES_ONLY_FOR_CLASSES
+
+
+def test_encoded_examples_are_reused_until_the_encoder_changes(tiny_student, sentiment_dir, monkeypatch):
+    """The dev and training texts are embedded once per encoder state; changing a weight in place, restoring saved
+    weights or another model embeds them again."""
+    import gts_hf.engine as engine_module
+
+    task = load_task(sentiment_dir)
+    engine = GTSEngine(student=str(tiny_student), **FAST)
+    model, tokenizer = engine.build_student(task)
+    calls = []
+    monkeypatch.setattr(engine_module, "predict", lambda *args, **kwargs: calls.append(1) or predict(*args, **kwargs))
+    encoded = engine_module.EncodedExamples()
+    first = encoded(model, tokenizer, task.dev)
+    assert encoded(model, tokenizer, task.dev) is first and len(calls) == 1
+    encoded(model, tokenizer, task.train)
+    assert len(calls) == 2
+    saved = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.5)
+    changed = encoded(model, tokenizer, task.dev)
+    assert len(calls) == 3 and not torch.equal(changed["embeddings"], first["embeddings"])
+    model.load_state_dict(saved)
+    assert torch.equal(encoded(model, tokenizer, task.dev)["embeddings"], first["embeddings"]) and len(calls) == 4
+    other, _ = engine.build_student(task)
+    encoded(other, tokenizer, task.dev)
+    assert len(calls) == 5
+
+
+def test_dev_accuracy_from_cached_features_equals_a_full_prediction(tiny_student, sentiment_dir):
+    from gts_hf.engine import evaluate_examples
+
+    task = load_task(sentiment_dir)
+    engine = GTSEngine(student=str(tiny_student), **FAST)
+    model, tokenizer = engine.build_student(task)
+    engine._fit_head(model, tokenizer, task)
+    model.set_label_prior(tokenizer, 0.5)
+    expected = evaluate_examples(model, tokenizer, task.dev, use_knn=False)["accuracy"]
+    assert engine._dev_accuracy(model, tokenizer, task) == pytest.approx(expected)
+
+
+def test_standard_training_is_the_same_with_and_without_the_feature_cache(tiny_student, sentiment_dir, monkeypatch):
+    """Without dev data the body stage is kept, so a stale cache would fit the new head on the old encoder's features."""
+    import gts_hf.engine as engine_module
+
+    write_jsonl(sentiment_dir / "unlabeled.json", [{"text": text} for text in POSITIVE + NEGATIVE])
+    (sentiment_dir / "dev.json").unlink()
+    settings = {**STANDARD, "head_steps": 50, "body_steps": 3}
+    cached = train(tiny_student, sentiment_dir, **settings)
+    monkeypatch.setattr(engine_module.EncodedExamples, "__call__",
+                        lambda self, model, tokenizer, examples: engine_module.features_of(
+                            predict(model, tokenizer, examples, use_knn=False)))
+    uncached = train(tiny_student, sentiment_dir, **settings)
+    assert cached.record["body"]["kept"] and cached.record["self_training"]["kept"]
+    without_times = [{key: value for key, value in trained.record.items() if key != "train_seconds"}
+                     for trained in (cached, uncached)]
+    assert without_times[0] == without_times[1]
+    weights = uncached.model.state_dict()
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in cached.model.state_dict().items())
