@@ -5,7 +5,8 @@ embedded, with the cache and without it, alternated in one process so both sides
     # e.g. tnews 0 standard 1; writes benchmarks/feature_cache.json (one entry per task, split and mode)
 
 The test set is not scored (the cache plays no part there). "Without" replaces the cache by a fresh prediction on
-every call, which is what the engine did before it; the two trainings must end with identical records and weights.
+every call (the embedding work the engine did before it); the two trainings must end with identical records and
+weights.
 """
 
 from __future__ import annotations
