@@ -173,6 +173,34 @@ def over_random_states(run: Run, once: Callable[[Run], dict[str, Any]]) -> dict[
     return {name: np.mean([scores[name] for scores in per_seed], axis=0).tolist() for name in per_seed[0]}
 
 
+def standard_accuracy(run: Run) -> dict[str, float]:
+    """Test accuracy of ``standard``'s head on the run's features (see :meth:`Run.fit_as_standard`)."""
+    run.fit_as_standard()
+    return {"test": run.accuracy("test")}
+
+
+def report_variants(paths: list[Path], variants_of: Callable[[Path], dict[str, Run]]) -> None:
+    """For each stored run, ``standard``'s test accuracy on each variant of its features (three random states), then
+    a table of the means per task; the variants must include "current"."""
+    by_task: dict[str, list[dict[str, float]]] = defaultdict(list)
+    for path in paths:
+        scores = {name: over_random_states(run, standard_accuracy)["test"] for name, run in variants_of(path).items()}
+        by_task[path.stem.rsplit("_", 1)[0]].append(scores)
+        print(path.stem, {name: round(100 * value, 2) for name, value in scores.items()}, file=sys.stderr, flush=True)
+    print_rule_table(by_task)
+
+
+def record_or_report(record: Callable[[str, list[str], list[int]], None], report: Callable[[], None]) -> None:
+    """The command line of a screen: ``record SUITE TASKS SPLITS`` or ``report``."""
+    torch.set_num_threads(1)
+    if sys.argv[1:2] == ["record"] and len(sys.argv) == 5:
+        record(sys.argv[2], sys.argv[3].split(","), parse_int_list(sys.argv[4]))
+    elif sys.argv[1:] == ["report"]:
+        report()
+    else:
+        sys.exit(sys.modules["__main__"].__doc__)
+
+
 def rules_once(run: Run) -> dict[str, float]:
     run.fit()
     scores = {"current": run.accuracy("test")}

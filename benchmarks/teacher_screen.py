@@ -28,11 +28,10 @@ import numpy as np
 import torch
 
 from gts_hf.backbones import ENGLISH_STUDENT
-from gts_hf.bench import parse_int_list
 from gts_hf.trainer import confident_per_label
 
 from selection_screen import fresh_runs, print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
-from self_training_screen import FEATURES, Run, load_run, over_random_states, save_features
+from self_training_screen import FEATURES, Run, load_run, over_random_states, record_or_report, save_features
 
 TEACHER_FEATURES = Path("/tmp/teacher_screen")
 
@@ -85,10 +84,4 @@ def report() -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(1)
-    if sys.argv[1:2] == ["record"] and len(sys.argv) == 5:
-        record(sys.argv[2], sys.argv[3].split(","), parse_int_list(sys.argv[4]))
-    elif sys.argv[1:] == ["report"]:
-        report()
-    else:
-        sys.exit(__doc__)
+    record_or_report(record, report)
