@@ -2,9 +2,9 @@
 
 At 64 texts per label SetFit's fine-tuned body beats ``standard`` by 27 points on amazon_counterfactual_en, where
 ``standard`` undid its body stage on dev. This probe trains the body stage on a fresh student in several variants
-(steps; with or without the label texts as members of their label, which ``trainer._body_loss`` always includes and
-this script swaps out), then scores the reshaped encoder's features with a logistic regression (C = 1) and with the
-engine's head (three random states, label prior included, no self-training); test labels only score a variant.
+(steps; with or without the label texts as members of their label), then scores the reshaped encoder's features with
+a logistic regression (C = 1) and with the engine's head (three random states, label prior included, no
+self-training); test labels only score a variant.
 
     python benchmarks/body_probe.py amazon_counterfactual_en [SHOTS] [SEED]
 """
@@ -20,28 +20,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import matthews_corrcoef
 from transformers import set_seed
 
-import gts_hf.trainer as T
 from gts_hf.bench import RunOptions, english_specs, load_spec_task
 from gts_hf.engine import GTSEngine, _label_tensor, features_of
 from gts_hf.inference import predict
-from gts_hf.losses import pairwise_cosine_loss
+from gts_hf.trainer import train_body_contrastive
 
 from selection_screen import DATA, MAX_TEST  # sibling scripts (benchmarks/ is on sys.path)
 from self_training_screen import Run, _head_only_model
 
-WITH_OPTIONS = T._body_loss
-
-
-def loss_without_options(model, tokenizer, examples, labels) -> torch.Tensor:
-    """The body stage's loss over the batch's texts only (no label texts)."""
-    inputs = T.encode_examples(tokenizer, model.config, [example.text for example in examples], None)
-    embeddings = T.embed_by_length(model, inputs["input_ids"], inputs["attention_mask"])
-    return pairwise_cosine_loss(embeddings, torch.tensor(labels))
-
-
-VARIANTS = [("no body stage", 0, WITH_OPTIONS), ("40 steps (current)", 40, WITH_OPTIONS),
-            ("40 steps, no label texts", 40, loss_without_options), ("160 steps", 160, WITH_OPTIONS),
-            ("160 steps, no label texts", 160, loss_without_options)]
+VARIANTS = [("no body stage", 0, True), ("40 steps (current)", 40, True), ("40 steps, no label texts", 40, False),
+            ("160 steps", 160, True), ("160 steps, no label texts", 160, False)]
 
 
 def evaluate(name: str, model, tokenizer, task, seconds: float) -> None:
@@ -71,14 +59,13 @@ def evaluate(name: str, model, tokenizer, task, seconds: float) -> None:
 def main(task_name: str, shots: int, seed: int) -> None:
     options = RunOptions(methods=["gts-fast"], output_dir=Path("/tmp/body_probe"), max_test=MAX_TEST)
     spec = english_specs(options, DATA, [task_name], [shots], [seed])[0]
-    for name, steps, loss in VARIANTS:
+    for name, steps, label_texts in VARIANTS:
         set_seed(42)
         task = load_spec_task(spec)
         model, tokenizer = GTSEngine(mode="fast").build_student(task)
-        T._body_loss = loss
         start = time.time()
         if steps:
-            T.train_body_contrastive(model, tokenizer, task.train, steps=steps)
+            train_body_contrastive(model, tokenizer, task.train, steps=steps, label_texts=label_texts)
         evaluate(name, model, tokenizer, task, time.time() - start)
 
 

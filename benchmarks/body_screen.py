@@ -3,8 +3,9 @@
 ``standard``'s body stage (:func:`gts_hf.trainer.train_body_contrastive`) runs 40 steps of ~500 pairs; on a
 two-label task with 16 training texts every step sees every text, and the stage is undone in most English runs
 because dev accuracy falls. ``record`` trains the body stage of each run for each variant of ``VARIANTS`` (a fresh
-student each time, seed 42, the engine's defaults otherwise): 10 or 40 steps on the gold texts, or 40 steps on the
-gold texts plus the pool texts self-training would add (labelled by the head fitted on the untrained encoder). It
+student each time, seed 42, the engine's defaults otherwise): 10 or 40 steps on the gold texts, 40 steps on the
+gold texts plus the pool texts self-training would add (labelled by the head fitted on the untrained encoder), or 40
+steps on the gold texts without the label texts in the batches. It
 then re-embeds the label texts and saves the reshaped encoder's features of train, dev, test (capped at 1,000) and
 the pool, in the format of ``self_training_screen.py``. ``report`` runs ``standard``'s head on them
 (:meth:`Run.fit_as_standard`: fitted, self-trained unless dev accuracy falls) and scores each variant always kept and
@@ -36,17 +37,21 @@ from self_training_screen import FEATURES, POOL, Run, load_run, over_random_stat
 BODY_FEATURES = Path("/tmp/body_screen")
 STEPS = (10, 40)
 WITH_POOL = "40 steps on gold and pseudo-labelled pool texts"  # a variant trained on more (noisier) texts
-VARIANTS = {**{f"{steps} steps": (steps, False) for steps in STEPS}, WITH_POOL: (40, True)}
+WITHOUT_LABEL_TEXTS = "40 steps without the label texts"  # the batches' texts only (ABLATION §20)
+#: variant: (steps, with pool texts, with the label texts)
+VARIANTS = {**{f"{steps} steps": (steps, False, True) for steps in STEPS}, WITH_POOL: (40, True, True),
+            WITHOUT_LABEL_TEXTS: (40, False, False)}
 
 
 def record(suite: str, tasks: list[str], splits: list[int], variants: list[str]) -> None:
     for variant in variants:
-        steps, with_pool = VARIANTS[variant]
+        steps, with_pool, label_texts = VARIANTS[variant]
         for spec, out, task, engine, model, tokenizer in fresh_runs(suite, tasks, splits, folder_of(variant)):
             settings = engine.settings
             examples = task.train + (pseudo_labelled(task, FEATURES / out.name) if with_pool else [])
             summary = train_body_contrastive(model, tokenizer, examples, steps=steps,
-                                             learning_rate=settings.body_learning_rate, seed=settings.seed)
+                                             learning_rate=settings.body_learning_rate, seed=settings.seed,
+                                             label_texts=label_texts)
             model.set_label_options(tokenizer)
             save_features(out, task, engine, model, tokenizer)
             print(spec.task, spec.split, variant, len(examples), summary["body_loss_first"], summary["body_loss_last"],
@@ -54,8 +59,8 @@ def record(suite: str, tasks: list[str], splits: list[int], variants: list[str])
 
 
 def folder_of(variant: str) -> Path:
-    steps, with_pool = VARIANTS[variant]
-    return BODY_FEATURES / f"{steps}{'-pool' if with_pool else ''}"
+    steps, with_pool, label_texts = VARIANTS[variant]
+    return BODY_FEATURES / f"{steps}{'-pool' if with_pool else ''}{'' if label_texts else '-no-label-texts'}"
 
 
 def pseudo_labelled(task, frozen_features: Path) -> list[Example]:

@@ -495,14 +495,16 @@ def _load_head_state(params: Sequence[torch.nn.Parameter], state: Sequence[torch
 @torch.enable_grad()
 def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Example], steps: int = 40,
                            learning_rate: float = 2e-5, batch_size: int = 32, interpolation: float = 1.0,
-                           gradient_checkpointing: bool | None = None, seed: int = 42) -> dict[str, Any]:
+                           gradient_checkpointing: bool | None = None, seed: int = 42,
+                           label_texts: bool = True) -> dict[str, Any]:
     """Reshape the encoder's embedding space around the labels (SetFit's body stage, made cheaper).
 
     Each step draws a class-balanced batch (a few examples from each of several labels) plus those labels' option
     texts, embeds it once and applies :func:`~gts_hf.losses.pairwise_cosine_loss` to every pair in it: a batch of 32
     texts yields ~500 pairs for the price SetFit pays for 16. The option texts take part as members of their label, so
     they stay where their examples go and the label options, the anchored head and the label prior keep their
-    meaning. Every encoder weight but the word embeddings is trained (AdamW, linear warm-up and decay).
+    meaning (``label_texts=False`` leaves them out: the batch's texts only). Every encoder weight but the word
+    embeddings is trained (AdamW, linear warm-up and decay).
 
     ``interpolation`` < 1 averages the trained weights with the starting ones (WiSE-FT, Wortsman et al. 2022):
     ``start + interpolation · (trained − start)``, which keeps more of what the pretrained encoder knew.
@@ -530,7 +532,7 @@ def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Exampl
     try:
         for _ in range(steps):
             batch, labels = class_balanced_batch(by_label, batch_size, rng)
-            loss = _body_loss(model, tokenizer, [examples[index] for index in batch], labels)
+            loss = _body_loss(model, tokenizer, [examples[index] for index in batch], labels, label_texts)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -548,7 +550,7 @@ def train_body_contrastive(model: Any, tokenizer: Any, examples: Sequence[Exampl
         for name, param in model.named_parameters():
             param.requires_grad_(saved_flags[name])
     return {"body_steps": steps, "body_learning_rate": learning_rate, "body_batch_size": batch_size,
-            "body_interpolation": interpolation,
+            "body_interpolation": interpolation, "body_label_texts": label_texts,
             "body_loss_first": round(float(np.mean(losses[:5])), 4) if losses else None,
             "body_loss_last": round(float(np.mean(losses[-5:])), 4) if losses else None}
 
@@ -590,18 +592,21 @@ def class_balanced_batch(by_label: dict[int, list[int]], batch_size: int,
     return batch, labels
 
 
-def _body_loss(model: Any, tokenizer: Any, examples: list[Example], labels: list[int]) -> torch.Tensor:
+def _body_loss(model: Any, tokenizer: Any, examples: list[Example], labels: list[int],
+               label_texts: bool = True) -> torch.Tensor:
     config = model.config
     pairs = [example.text_pair for example in examples] if config.is_pair_task else None
     inputs = encode_examples(tokenizer, config, [example.text for example in examples], pairs)
-    option_labels = sorted(set(labels))
-    options = tokenize_texts(tokenizer, config, [config.label_options[label] for label in option_labels])
-    embeddings = torch.cat([
-        embed_by_length(model, inputs["input_ids"].to(model.device), inputs["attention_mask"].to(model.device)),
-        model.embed(options["input_ids"].to(model.device), options["attention_mask"].to(model.device)),
-    ])
-    targets = torch.tensor(labels + option_labels, device=model.device)
-    return pairwise_cosine_loss(embeddings, targets)
+    embeddings = [embed_by_length(model, inputs["input_ids"].to(model.device),
+                                  inputs["attention_mask"].to(model.device))]
+    targets = list(labels)
+    if label_texts:
+        option_labels = sorted(set(labels))
+        options = tokenize_texts(tokenizer, config, [config.label_options[label] for label in option_labels])
+        embeddings.append(model.embed(options["input_ids"].to(model.device),
+                                      options["attention_mask"].to(model.device)))
+        targets += option_labels
+    return pairwise_cosine_loss(torch.cat(embeddings), torch.tensor(targets, device=model.device))
 
 
 def embed_by_length(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -226,6 +226,14 @@ def test_standard_mode_reshapes_the_encoder_before_the_head(tiny_student, sentim
     assert "finetune" not in trained.record  # standard's default: no option fine-tuning for labelled classes
 
 
+@pytest.mark.parametrize("train_size, labels, reference, expected", [
+    (32, 2, 16, 40), (16, 2, 16, 40), (928, 119, 16, 40),  # up to 16 texts per label: the steps as set
+    (128, 2, 16, 160), (384, 6, 16, 160), (100, 2, 16, 125), (128, 2, 0, 40), (128, 2, 32, 80)])
+def test_body_steps_grow_with_the_texts_per_label(train_size, labels, reference, expected):
+    task = SimpleNamespace(train=[None] * train_size, labels=[str(label) for label in range(labels)])
+    assert GTSEngine(body_steps=40, body_reference_shots=reference).body_steps_for(task) == expected
+
+
 @pytest.mark.parametrize("mode, finetune, choices, expected", [
     ("standard", "auto", False, False), ("standard", "auto", True, True), ("advanced", "auto", False, True),
     ("standard", "on", False, True), ("advanced", "off", True, False), ("fast", "on", True, False)])
@@ -240,6 +248,7 @@ def test_option_fine_tuning_runs_where_it_is_the_stage_that_learns(mode, finetun
                                                      ("self_training_pool", -1, "self_training_pool must be >= 0"),
                                                      ("self_training_per_label", 0,
                                                       "self_training_per_label must be >= 1"),
+                                                     ("body_reference_shots", -1, "body_reference_shots must be >= 0"),
                                                      ("option_template", "It is positive.", "exactly one '{}' slot")])
 def test_bad_settings_are_refused(setting, value, message):
     with pytest.raises(ValueError, match=message):
@@ -273,15 +282,17 @@ def test_dev_accuracy_with_prior_leaves_the_model_as_it_was(tiny_student, sentim
     assert model.config.label_prior_weight == 0 and torch.equal(model.label_prior, prior)
 
 
-def test_body_stage_trains_every_layer_but_the_word_embeddings(tiny_student, sentiment_dir):
+@pytest.mark.parametrize("label_texts", [True, False])
+def test_body_stage_trains_every_layer_but_the_word_embeddings(tiny_student, sentiment_dir, label_texts):
     from gts_hf.trainer import train_body_contrastive
 
     task = load_task(sentiment_dir)
     model, tokenizer = GTSEngine(student=str(tiny_student), **FAST).build_student(task)
     before = {name: param.detach().clone() for name, param in model.named_parameters()}
     flags = {name: param.requires_grad for name, param in model.named_parameters()}
-    summary = train_body_contrastive(model, tokenizer, task.train, steps=3, learning_rate=1e-3)
-    assert summary["body_steps"] == 3
+    summary = train_body_contrastive(model, tokenizer, task.train, steps=3, learning_rate=1e-3,
+                                     label_texts=label_texts)
+    assert summary["body_steps"] == 3 and summary["body_label_texts"] is label_texts
     changed = {name for name, param in model.named_parameters() if not torch.equal(param, before[name])}
     word_embeddings = next(name for name, param in model.named_parameters()
                            if param is model.encoder.get_input_embeddings().weight)
