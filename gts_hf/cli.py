@@ -65,10 +65,11 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--learning-rate", type=float, help="encoder learning rate (default 5e-5)")
     sub.add_argument("--batch-size", type=int, help="training batch size (default 16)")
     sub.add_argument("--body-steps", type=int, default=40,
-                     help="steps of the contrastive body stage at up to --body-reference-shots texts per label "
+                     help="steps of the contrastive body stage at up to --tuned-shots texts per label "
                           "(standard and advanced modes; 0: off)")
-    sub.add_argument("--body-reference-shots", type=int, default=16,
-                     help="more training texts per label than this scale the body steps in proportion (0: never)")
+    sub.add_argument("--tuned-shots", type=int, default=16,
+                     help="texts per label the defaults were tuned at: more texts per label scale the body steps up "
+                          "and the label prior's weight down in proportion (0: never)")
     sub.add_argument("--self-training-pool", type=int, default=1000,
                      help="unlabelled texts (unlabeled.json or --unlabeled) sampled to self-train the head on, "
                           "standard and advanced modes (0: off)")
@@ -253,7 +254,7 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
     print(f"task: {task.task_type}, {len(task.labels)} labels, {len(task.train)} train / {len(task.dev)} dev / "
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
-                       body_steps=args.body_steps, body_reference_shots=args.body_reference_shots,
+                       body_steps=args.body_steps, tuned_shots=args.tuned_shots,
                        self_training_pool=args.self_training_pool,
                        label_prior_weight=args.label_prior_weight, option_template=args.option_template,
                        finetune=args.finetune, pair_head=args.pair_head, use_knn=args.knn,

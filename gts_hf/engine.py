@@ -15,8 +15,9 @@ Modes (each a superset of the one before):
   teacher and a generator label and write extra texts, and the student is distilled on the verified ones.
 
 Every mode ends by blending the label-text prior into the trained scores (``label_prior_weight``, a product of the
-zero-shot and the trained experts). ``use_knn=True`` then builds GTS's kNN datastore of the training embeddings and
-tunes its interpolation on dev; it is off by default (:data:`KNN_OFF`). Similarity pairs are scored mainly by the
+zero-shot and the trained experts; weaker beyond ``tuned_shots`` texts per label, see
+:meth:`GTSEngine.shots_beyond_tuning`). ``use_knn=True`` then builds GTS's kNN datastore of the training embeddings
+and tunes its interpolation on dev; it is off by default (:data:`KNN_OFF`). Similarity pairs are scored mainly by the
 cosine of the two sentences (``pair_head``, :meth:`GTSEngine.cosine_pair_head`): their option vectors start tied, not
 at the label texts, no label-text prior is blended in, and neither the body stage, self-training nor kNN applies to
 them.
@@ -105,8 +106,8 @@ class EngineSettings:
     head_anchor_weight: float = 1.0
     pair_head: str = "auto"  # "auto", "cosine" or "joint"; see GTSEngine.cosine_pair_head
     pair_anchor_weight: float = 100.0  # how closely the cosine head's option vectors stay tied
-    body_steps: int = 40  # at up to body_reference_shots texts per label; see GTSEngine.body_steps_for
-    body_reference_shots: int = 16  # more training texts per label scale the body steps in proportion (0: never)
+    body_steps: int = 40  # at up to tuned_shots texts per label; see GTSEngine.body_steps_for
+    tuned_shots: int = 16  # texts per label the defaults were tuned at; see GTSEngine.shots_beyond_tuning (0: off)
     body_learning_rate: float = 2e-5
     body_interpolation: float = 1.0
     self_training_pool: int = 1000  # unlabelled texts sampled for self-training the head (0: off); see _self_train
@@ -154,7 +155,7 @@ class GTSEngine:
         if self.settings.pair_head not in PAIR_HEADS:
             raise ValueError(f"pair_head must be one of {PAIR_HEADS}, got {self.settings.pair_head!r}")
         for name, least in (("pair_anchor_weight", 0), ("self_training_pool", 0), ("self_training_per_label", 1),
-                            ("body_reference_shots", 0)):
+                            ("tuned_shots", 0)):
             if getattr(self.settings, name) < least:
                 raise ValueError(f"{name} must be >= {least}, got {getattr(self.settings, name)}")
         for name in ("label_prior_weight", "body_interpolation"):  # before training, not after it
@@ -308,17 +309,27 @@ class GTSEngine:
             model.load_state_dict(saved, strict=False)
         return {**summary, "dev_accuracy_before": before, "dev_accuracy_after": after, "kept": kept}
 
-    def body_steps_for(self, task: FewShotTask) -> int:
-        """``body_steps``, scaled up in proportion where the training set holds more than ``body_reference_shots``
-        texts per label on average, so each text gets as many passes as at 16 per label (a class-balanced batch draws
-        a fixed number of texts per label). Forty steps were tuned at 8 and 16 per label, where they give each text
-        40-80 passes; at 64 per label they give 10, and 160 steps lifted amazon_counterfactual_en's head from 76.1 to
-        86.7 (benchmarks/ABLATION.md §19-20). Every FewCLUE task and English N = 8 keep 40 steps."""
-        reference = self.settings.body_reference_shots
+    def shots_beyond_tuning(self, task: FewShotTask) -> float:
+        """How many times more training texts per label (on average) the task holds than ``tuned_shots``, the most
+        the defaults were tuned at; 1 at or below it (every FewCLUE task, English N = 8) or with ``tuned_shots=0``.
+        More texts per label lengthen the body stage (:meth:`body_steps_for`) and weaken the label prior
+        (:meth:`label_prior_weight_for`) in proportion."""
+        tuned = self.settings.tuned_shots
         per_label = len(task.train) / max(len(task.labels), 1)
-        if reference <= 0 or per_label <= reference:
-            return self.settings.body_steps
-        return math.ceil(self.settings.body_steps * per_label / reference)
+        return per_label / tuned if 0 < tuned < per_label else 1.0
+
+    def body_steps_for(self, task: FewShotTask) -> int:
+        """``body_steps`` × :meth:`shots_beyond_tuning`, so each text gets as many passes as at 16 per label (a
+        class-balanced batch draws a fixed number of texts per label). Forty steps give each text 40-80 passes at 8
+        and 16 per label, but 10 at 64, where 160 steps lifted amazon_counterfactual_en from 59.85 to 86.42 and the
+        N = 64 mean by 7 points (benchmarks/ABLATION.md §19-20)."""
+        return math.ceil(self.settings.body_steps * self.shots_beyond_tuning(task))
+
+    def label_prior_weight_for(self, task: FewShotTask) -> float:
+        """``label_prior_weight`` ÷ :meth:`shots_beyond_tuning`: the zero-shot expert counts for less where there
+        are more labelled texts (at N = 64 leaving it out scored higher on four of five English tasks;
+        benchmarks/ABLATION.md §20)."""
+        return self.settings.label_prior_weight / self.shots_beyond_tuning(task)
 
     def _dev_accuracy_with_prior(self, model: GTSForFewShotClassification, tokenizer: Any,
                                  task: FewShotTask) -> float | None:
@@ -341,7 +352,7 @@ class GTSEngine:
         """Score as the finished model will (the label prior blended in, where the task has one), then restore."""
         weight, prior = model.config.label_prior_weight, model.label_prior.clone()
         if not self.cosine_pair_head(task):
-            model.set_label_prior(tokenizer, self.settings.label_prior_weight)
+            model.set_label_prior(tokenizer, self.label_prior_weight_for(task))
         try:
             yield
         finally:
@@ -415,8 +426,9 @@ class GTSEngine:
         """A fixed weight, not chosen on dev: a few dozen dev examples are too few to weigh the prior (measured in
         benchmarks/ABLATION.md)."""
         before = self._dev_accuracy(model, tokenizer, task)
-        model.set_label_prior(tokenizer, self.settings.label_prior_weight)
-        return {"weight": self.settings.label_prior_weight, "dev_accuracy_before": before,
+        weight = self.label_prior_weight_for(task)
+        model.set_label_prior(tokenizer, weight)
+        return {"weight": weight, "dev_accuracy_before": before,
                 "dev_accuracy_after": self._dev_accuracy(model, tokenizer, task)}
 
     def training_arguments(self, num_train: int) -> GTSTrainingArguments:

@@ -226,12 +226,14 @@ def test_standard_mode_reshapes_the_encoder_before_the_head(tiny_student, sentim
     assert "finetune" not in trained.record  # standard's default: no option fine-tuning for labelled classes
 
 
-@pytest.mark.parametrize("train_size, labels, reference, expected", [
-    (32, 2, 16, 40), (16, 2, 16, 40), (928, 119, 16, 40),  # up to 16 texts per label: the steps as set
-    (128, 2, 16, 160), (384, 6, 16, 160), (100, 2, 16, 125), (128, 2, 0, 40), (128, 2, 32, 80)])
-def test_body_steps_grow_with_the_texts_per_label(train_size, labels, reference, expected):
+@pytest.mark.parametrize("train_size, labels, tuned, steps, prior", [
+    (32, 2, 16, 40, 0.5), (16, 2, 16, 40, 0.5), (928, 119, 16, 40, 0.5),  # up to 16 per label: as set
+    (128, 2, 16, 160, 0.125), (384, 6, 16, 160, 0.125), (100, 2, 16, 125, 0.16), (128, 2, 0, 40, 0.5),
+    (128, 2, 32, 80, 0.25)])
+def test_more_texts_per_label_lengthen_the_body_stage_and_weaken_the_prior(train_size, labels, tuned, steps, prior):
     task = SimpleNamespace(train=[None] * train_size, labels=[str(label) for label in range(labels)])
-    assert GTSEngine(body_steps=40, body_reference_shots=reference).body_steps_for(task) == expected
+    engine = GTSEngine(body_steps=40, label_prior_weight=0.5, tuned_shots=tuned)
+    assert engine.body_steps_for(task) == steps and engine.label_prior_weight_for(task) == pytest.approx(prior)
 
 
 @pytest.mark.parametrize("mode, finetune, choices, expected", [
@@ -248,7 +250,7 @@ def test_option_fine_tuning_runs_where_it_is_the_stage_that_learns(mode, finetun
                                                      ("self_training_pool", -1, "self_training_pool must be >= 0"),
                                                      ("self_training_per_label", 0,
                                                       "self_training_per_label must be >= 1"),
-                                                     ("body_reference_shots", -1, "body_reference_shots must be >= 0"),
+                                                     ("tuned_shots", -1, "tuned_shots must be >= 0"),
                                                      ("option_template", "It is positive.", "exactly one '{}' slot")])
 def test_bad_settings_are_refused(setting, value, message):
     with pytest.raises(ValueError, match=message):
@@ -389,6 +391,8 @@ def test_self_training_adds_the_surest_pool_texts_of_each_label(tiny_student, se
     assert "self_training" not in train(tiny_student, sentiment_dir).record  # fast mode
     skipped = train(tiny_student, sentiment_dir, **STANDARD, body_steps=0, self_training_pool=0).record
     assert "self_training" not in skipped
+    beyond = train(tiny_student, sentiment_dir, **STANDARD, body_steps=0, tuned_shots=1)  # 5 per label: 5 × tuned
+    assert beyond.model.config.label_prior_weight == pytest.approx(0.1)  # 0.5 / 5, blended in once at the end
 
 
 def test_self_training_needs_an_unlabelled_pool(tiny_student, sentiment_dir):
