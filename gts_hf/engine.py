@@ -320,9 +320,9 @@ class GTSEngine:
 
     def body_steps_for(self, task: FewShotTask) -> int:
         """``body_steps`` × :meth:`shots_beyond_tuning`, so each text gets as many passes as at 16 per label (a
-        class-balanced batch draws a fixed number of texts per label). Forty steps give each text 40-80 passes at 8
-        and 16 per label, but 10 at 64, where 160 steps lifted amazon_counterfactual_en from 59.85 to 86.42 and the
-        N = 64 mean by 7 points (benchmarks/ABLATION.md §19-20)."""
+        class-balanced batch draws a fixed number of texts per label). On a two-label task forty steps give each text
+        80 passes at 8 per label and 40 at 16, but 10 at 64, where 160 steps lifted amazon_counterfactual_en from
+        59.85 to 86.42 and the N = 64 mean by 7 points (benchmarks/ABLATION.md §19-20)."""
         return math.ceil(self.settings.body_steps * self.shots_beyond_tuning(task))
 
     def label_prior_weight_for(self, task: FewShotTask) -> float:

@@ -596,17 +596,16 @@ def _body_loss(model: Any, tokenizer: Any, examples: list[Example], labels: list
                label_texts: bool = True) -> torch.Tensor:
     config = model.config
     pairs = [example.text_pair for example in examples] if config.is_pair_task else None
+    device = model.device
     inputs = encode_examples(tokenizer, config, [example.text for example in examples], pairs)
-    embeddings = [embed_by_length(model, inputs["input_ids"].to(model.device),
-                                  inputs["attention_mask"].to(model.device))]
+    embeddings = [embed_by_length(model, inputs["input_ids"].to(device), inputs["attention_mask"].to(device))]
     targets = list(labels)
     if label_texts:
         option_labels = sorted(set(labels))
         options = tokenize_texts(tokenizer, config, [config.label_options[label] for label in option_labels])
-        embeddings.append(model.embed(options["input_ids"].to(model.device),
-                                      options["attention_mask"].to(model.device)))
+        embeddings.append(model.embed(options["input_ids"].to(device), options["attention_mask"].to(device)))
         targets += option_labels
-    return pairwise_cosine_loss(torch.cat(embeddings), torch.tensor(targets, device=model.device))
+    return pairwise_cosine_loss(torch.cat(embeddings), torch.tensor(targets, device=device))
 
 
 def embed_by_length(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,

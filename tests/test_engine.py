@@ -391,6 +391,9 @@ def test_self_training_adds_the_surest_pool_texts_of_each_label(tiny_student, se
     assert "self_training" not in train(tiny_student, sentiment_dir).record  # fast mode
     skipped = train(tiny_student, sentiment_dir, **STANDARD, body_steps=0, self_training_pool=0).record
     assert "self_training" not in skipped
+
+
+def test_the_label_prior_fades_beyond_the_tuned_shots(tiny_student, sentiment_dir):
     beyond = train(tiny_student, sentiment_dir, **STANDARD, body_steps=0, tuned_shots=1)  # 5 per label: 5 × tuned
     assert beyond.model.config.label_prior_weight == pytest.approx(0.1)  # 0.5 / 5, blended in once at the end
 
