@@ -84,10 +84,14 @@ def variants_once(before: Run, after: dict[str, Run]) -> dict[str, float]:
         run.fit()
         rise, loss_falls = run.accuracy("dev") - accuracy_before, run.dev_loss() < loss_before
         run.fit_as_standard()
+        two_labels = len(run.arrays["prior"]) == 2
         kept_by = {"kept if dev accuracy rises (the engine's rule)": rise > 0,
                    "kept if dev accuracy rises by two texts or more": rise > 1.5 / dev_size,
                    "kept if dev log-loss falls": loss_falls,
-                   "kept if dev accuracy rises and dev log-loss falls": rise > 0 and loss_falls}
+                   "kept if dev accuracy rises and dev log-loss falls": rise > 0 and loss_falls,
+                   "never with two labels, kept if dev accuracy rises with more": not two_labels and rise > 0,
+                   "never with two labels, kept unless dev accuracy falls with more": not two_labels and rise >= 0,
+                   "never with two labels, always with more": not two_labels}
         scores[f"{variant}, always kept"] = run.accuracy("test")
         for rule, kept in kept_by.items():
             scores[f"{variant}, {rule}"] = run.accuracy("test") if kept else scores["current"]

@@ -297,7 +297,10 @@ def run_gts(task: Any, spec: RunSpec, mode: str, advanced: Any = None) -> Method
                        advanced=advanced)
     trained, train_seconds = _timed(lambda: engine.train(dataclasses.replace(task, test=[])))
     predictions = predict(trained.model, trained.tokenizer, task.test, batch_size=INFERENCE_BATCH_SIZE, use_knn=True)
-    details = {**trained.record, "ablation": {"without_label_prior": without_label_prior(trained, task, predictions)}}
+    kept = trained.record.get("self_training", {}).get("kept")
+    other_head = "without_self_training" if kept else "with_self_training"
+    details = {**trained.record, "ablation": {"without_label_prior": without_label_prior(trained, task, predictions),
+                                              other_head: with_other_head(trained, "self_training", task, predictions)}}
     return MethodOutcome(predictions.label_ids, train_seconds, predictions.seconds,
                          dataclasses.asdict(engine.settings), details=details)
 
@@ -306,20 +309,42 @@ def without_label_prior(trained: Any, task: Any, predictions: Any) -> dict[str, 
     """Test metrics of the same trained model (kNN included) with its label prior switched off: the prior's
     ablation, paired with every run. The test predictions' embeddings are scored again (no second pass through the
     encoder). None when the model has no prior."""
-    import torch
-
     model = trained.model
     weight = model.config.label_prior_weight
     if not weight:
         return None
-    pair_similarity = torch.from_numpy(predictions.pair_similarity) if predictions.pair_similarity is not None else None
     model.config.label_prior_weight = 0.0
     try:
-        with torch.no_grad():
-            probs = model.score(torch.from_numpy(predictions.embeddings).to(model.device),
-                                pair_similarity.to(model.device) if pair_similarity is not None else None)
+        return _rescored(trained, task, predictions)
     finally:
         model.config.label_prior_weight = weight
+
+
+def with_other_head(trained: Any, stage: str, task: Any, predictions: Any) -> dict[str, float] | None:
+    """Test metrics of the same trained model with the head ``stage``'s dev decision set aside
+    (:attr:`~gts_hf.engine.TrainedModel.other_heads`): self-training's ablation, paired with every run whichever way
+    dev decided. None when the stage did not run."""
+    other = trained.other_heads.get(stage)
+    if other is None:
+        return None
+    model = trained.model
+    chosen = {name: tensor.clone() for name, tensor in model.state_dict().items() if name in other}
+    model.load_state_dict(other, strict=False)
+    try:
+        return _rescored(trained, task, predictions)
+    finally:
+        model.load_state_dict(chosen, strict=False)
+
+
+def _rescored(trained: Any, task: Any, predictions: Any) -> dict[str, float]:
+    """Test metrics of the model as it is now, from the test predictions' embeddings (kNN included)."""
+    import torch
+
+    model = trained.model
+    pair_similarity = torch.from_numpy(predictions.pair_similarity) if predictions.pair_similarity is not None else None
+    with torch.no_grad():
+        probs = model.score(torch.from_numpy(predictions.embeddings).to(model.device),
+                            pair_similarity.to(model.device) if pair_similarity is not None else None)
     probs = probs.float().softmax(-1).cpu().numpy()
     if model.knn is not None:
         probs = model.knn.interpolate(probs, predictions.embeddings)
@@ -732,7 +757,7 @@ def render_markdown(records: list[dict[str, Any]], plot_name: str | None) -> str
                       _number(row["peak_rss_mb"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines += _ratio_lines(suite, ratios)
-        lines += _prior_ablation_lines(suite, records)
+        lines += _prior_ablation_lines(suite, records) + _self_training_ablation_lines(suite, records)
     if plot_name:
         lines += ["", f"![accuracy vs training time]({plot_name})"]
     return "\n".join(lines) + "\n"
@@ -798,15 +823,40 @@ def _prior_ablation_lines(suite: str, records: list[dict[str, Any]]) -> list[str
         without = record.get("details", {}).get("ablation", {}).get("without_label_prior")
         if record["suite"] == suite and without:
             paired[(record["task"], record["method"])].append((record["accuracy"], without["accuracy"]))
+    return _paired_lines("Label prior ablation (accuracy %, mean over runs; the same trained model scored with and "
+                         "without the prior):", ("with prior", "without"), paired)
+
+
+def _self_training_ablation_lines(suite: str, records: list[dict[str, Any]]) -> list[str]:
+    """Accuracy with and without self-training, paired within each run: the head dev chose against the one it set
+    aside, on the same encoder."""
+    paired: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    kept_in: dict[tuple[str, str], int] = defaultdict(int)
+    for record in records:
+        details, key = record.get("details", {}), (record["task"], record["method"])
+        kept = details.get("self_training", {}).get("kept")
+        other = details.get("ablation", {}).get("without_self_training" if kept else "with_self_training")
+        if record["suite"] == suite and other:
+            paired[key].append((record["accuracy"], other["accuracy"]) if kept else
+                               (other["accuracy"], record["accuracy"]))
+            kept_in[key] += bool(kept)
+    return _paired_lines("Self-training ablation (accuracy %, mean over runs; the head fitted with the pseudo-labelled "
+                         "pool texts and the head without them, on the same encoder; *kept*: in how many runs dev "
+                         "accuracy kept it):", ("with self-training", "without"), paired, kept_in)
+
+
+def _paired_lines(heading: str, columns: tuple[str, str], paired: dict[tuple[str, str], list[tuple[float, float]]],
+                  kept_in: dict[tuple[str, str], int] | None = None) -> list[str]:
+    """A Markdown table of paired accuracies per (task, method): their means, their difference and, with
+    ``kept_in``, how many runs kept the first."""
     if not paired:
         return []
-    lines = ["", "Label prior ablation (accuracy %, mean over runs; the same trained model scored with and without "
-                 "the prior):", "", "| task | method | runs | with prior | without | difference |",
-             "|---|---|---|---|---|---|"]
-    for (task, method), pairs in sorted(paired.items(), key=lambda item: (item[0][0], _method_order(item[0][1]))):
-        with_prior, without = (100 * statistics.fmean(values) for values in zip(*pairs))
-        lines.append(f"| {task} | {method} | {len(pairs)} | {with_prior:.2f} | {without:.2f} | "
-                     f"{with_prior - without:+.2f} |")
+    header = ["task", "method", "runs", *columns, "difference"] + (["kept"] if kept_in is not None else [])
+    lines = ["", heading, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key, pairs in sorted(paired.items(), key=lambda item: (item[0][0], _method_order(item[0][1]))):
+        first, second = (100 * statistics.fmean(values) for values in zip(*pairs))
+        cells = [*key, str(len(pairs)), f"{first:.2f}", f"{second:.2f}", f"{first - second:+.2f}"]
+        lines.append("| " + " | ".join(cells + ([str(kept_in[key])] if kept_in is not None else [])) + " |")
     return lines
 
 

@@ -132,6 +132,10 @@ class TrainedModel:
     record: dict[str, Any]
     test_metrics: dict[str, float] | None = None
     output_dir: Path | None = None
+    #: The head each dev decision set aside, by stage (only ``"self_training"``: the head with it where it was undone,
+    #: without it where it was kept). The encoder is the same either way, so a benchmark can score both heads on one
+    #: set of test embeddings (``gts_hf.bench.with_other_head``); not saved with the model.
+    other_heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def predict(self, examples: list[Example], **kwargs: Any) -> Predictions:
         return predict(self.model, self.tokenizer, examples, **kwargs)
@@ -150,6 +154,7 @@ class GTSEngine:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.settings = EngineSettings(mode=mode, student=student, seed=seed, **settings)
         self._encoded = EncodedExamples()
+        self._other_heads: dict[str, dict[str, torch.Tensor]] = {}  # see TrainedModel.other_heads
         if self.settings.finetune not in FINETUNE_CHOICES:
             raise ValueError(f"finetune must be one of {FINETUNE_CHOICES}, got {self.settings.finetune!r}")
         if self.settings.pair_head not in PAIR_HEADS:
@@ -172,6 +177,7 @@ class GTSEngine:
             _join_process_group()
         set_seed(settings.seed)
         started = time.perf_counter()
+        self._other_heads = {}
         model, tokenizer = self.build_student(task)
         record: dict[str, Any] = self._record_header(task)
         if settings.option_template is not None:
@@ -200,7 +206,7 @@ class GTSEngine:
         record["train_seconds"] = round(time.perf_counter() - started, 2)
         if _num_processes() > 1:
             record["distributed"] = _compare_replicas(model)
-        trained = TrainedModel(model, tokenizer, record)
+        trained = TrainedModel(model, tokenizer, record, other_heads=self._other_heads)
         if task.test:
             trained.test_metrics = evaluate_examples(model, tokenizer, task.test)
         if output_dir is not None:
@@ -381,6 +387,9 @@ class GTSEngine:
         head = self._fit_head(model, tokenizer, task, extra=({k: v[rows] for k, v in features.items()}, labels))
         after = self._dev_accuracy_with_prior(model, tokenizer, task)
         kept = before is None or after >= before
+        other = saved if kept else {name: value.clone() for name, value in model.state_dict().items() if name in saved}
+        # without the label prior's buffer: the prior is blended in after this stage, whichever head stays
+        self._other_heads["self_training"] = {name: value for name, value in other.items() if name != "label_prior"}
         if not kept:
             model.load_state_dict(saved, strict=False)
         return {"pool": len(pool), "per_label": per_label, "pseudo_labelled": len(rows), "head": head,

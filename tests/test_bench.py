@@ -193,6 +193,38 @@ def test_advanced_variant_uses_the_unlabelled_file_never_the_test(fewclue_root: 
     assert advanced["pool"]["unlabeled"] == 16 and advanced["teacher"] is None and advanced["generator"] is None
 
 
+@pytest.mark.parametrize("dev_accuracies", [(0.5, 0.75), (0.75, 0.5)])  # self-training kept, undone
+def test_self_training_ablation_equals_the_model_with_the_other_head(tiny_student: Path, sentiment_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    dev_accuracies: tuple[float, float]) -> None:
+    from gts_hf import GTSEngine, load_task, predict
+
+    write_jsonl(sentiment_dir / "unlabeled.json", [{"text": text} for text in POSITIVE + NEGATIVE])
+    task = load_task(sentiment_dir)
+    answers = iter(dev_accuracies)
+    monkeypatch.setattr(GTSEngine, "_dev_accuracy_with_prior", lambda *args: next(answers))
+    trained = GTSEngine(mode="standard", student=str(tiny_student), head_steps=30, body_steps=0).train(task)
+    assert trained.record["self_training"]["kept"] is (dev_accuracies[1] >= dev_accuracies[0])
+    chosen = predict(trained.model, trained.tokenizer, task.test)
+    ablation = bench.with_other_head(trained, "self_training", task, chosen)
+    assert predict(trained.model, trained.tokenizer, task.test).label_ids.tolist() == chosen.label_ids.tolist()
+    trained.model.load_state_dict(trained.other_heads["self_training"], strict=False)
+    other = predict(trained.model, trained.tokenizer, task.test)
+    assert ablation == bench.score(task.label_ids(task.test), other.label_ids, len(task.labels))
+    assert bench.with_other_head(trained, "body", task, chosen) is None
+
+
+def test_self_training_ablation_table() -> None:
+    run = {"suite": "fewclue", "task": "eprstmt", "split": "split0", "method": "gts-standard", "accuracy": 0.8}
+    kept = {**run, "details": {"self_training": {"kept": True},
+                               "ablation": {"without_self_training": {"accuracy": 0.7}}}}
+    undone = {**run, "split": "split1", "accuracy": 0.6,
+              "details": {"self_training": {"kept": False}, "ablation": {"with_self_training": {"accuracy": 0.9}}}}
+    lines = bench._self_training_ablation_lines("fewclue", [kept, undone, {**run, "details": {}}])
+    assert lines[-1] == "| eprstmt | gts-standard | 2 | 85.00 | 65.00 | +20.00 | 1 |"
+    assert bench._self_training_ablation_lines("english", [kept, undone]) == []
+
+
 def test_label_prior_ablation_equals_a_model_without_the_prior(tiny_student: Path, sentiment_dir: Path) -> None:
     from gts_hf import GTSEngine, load_task, predict
 

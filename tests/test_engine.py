@@ -273,6 +273,10 @@ def test_a_stage_is_undone_when_dev_accuracy_says_so(tiny_student, sentiment_dir
     assert getattr(engine, stage)(model, tokenizer, task)["kept"] is kept
     unchanged = all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
     assert unchanged is not kept
+    if stage == "_self_train":  # the head set aside: the one before it where kept, the self-trained one where undone
+        other = engine._other_heads["self_training"]
+        assert other and "label_prior" not in other and not any(name.startswith("encoder.") for name in other)
+        assert all(torch.equal(tensor, before[name]) for name, tensor in other.items()) is kept
 
 
 def test_dev_accuracy_with_prior_leaves_the_model_as_it_was(tiny_student, sentiment_dir):
