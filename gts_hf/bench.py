@@ -779,21 +779,6 @@ def _ratio_lines(suite: str, ratios: dict[tuple[str, str], dict[str, tuple[float
     return lines
 
 
-#: Changes to the GTS recipe that older run files predate: (the change, where its runs record it in the run file, the
-#: methods, the task types it concerns).
-LABELLED = ("classification", "similarity", "nli")  # multiple choice has no label texts: no prior, no body stage
-BODY_METHODS = ("gts-standard", "gts-advanced")
-RECIPE_CHANGES = (("the label prior", ("settings", "label_prior_weight"), GTS_METHODS, LABELLED),
-                  ("the body stage", ("settings", "body_steps"), BODY_METHODS, LABELLED),
-                  ("fine-tuning left standard", ("settings", "finetune"), ("gts-standard",), LABELLED),
-                  ("the cosine pair head", ("settings", "pair_head"), GTS_METHODS, ("similarity",)),
-                  ("similarity pairs left the body stage and kNN", ("details", "knn", "skipped"), GTS_METHODS,
-                   ("similarity",)),
-                  ("kNN left the defaults", ("details", "knn", "skipped"), GTS_METHODS, ("classification", "nli")),
-                  ("self-training joined standard", ("settings", "self_training_pool"), BODY_METHODS,
-                   ("classification", "nli")))
-
-
 def _predates(record: dict[str, Any], path: tuple[str, ...]) -> bool:
     """Whether the record lacks the last key of ``path`` where the rest of the path is there (a run with kNN turned off
     says nothing about where it applies)."""
@@ -803,13 +788,46 @@ def _predates(record: dict[str, Any], path: tuple[str, ...]) -> bool:
     return isinstance(parent, dict) and path[-1] not in parent
 
 
+def _lacks(*path: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda record: _predates(record, path)
+
+
+def _predates_the_body_rule_by_label_count(record: dict[str, Any]) -> bool:
+    """Whether the run's body stage went as the label-count rule would not have it (ABLATION §21): undone with more
+    than two labels, or run with two labels and at most ``tuned_shots`` texts per label."""
+    body, data = record.get("details", {}).get("body"), record.get("data", {})
+    if not isinstance(body, dict) or "kept" not in body:
+        return False
+    if data.get("num_labels", 0) > 2:
+        return not body["kept"]
+    return data.get("num_train", 0) / 2 <= record.get("settings", {}).get("tuned_shots", 16)
+
+
+#: Changes to the GTS recipe that older run files predate: (the change, whether a run file predates it, the methods,
+#: the task types it concerns).
+LABELLED = ("classification", "similarity", "nli")  # multiple choice has no label texts: no prior, no body stage
+BODY_METHODS = ("gts-standard", "gts-advanced")
+RECIPE_CHANGES = (("the label prior", _lacks("settings", "label_prior_weight"), GTS_METHODS, LABELLED),
+                  ("the body stage", _lacks("settings", "body_steps"), BODY_METHODS, LABELLED),
+                  ("fine-tuning left standard", _lacks("settings", "finetune"), ("gts-standard",), LABELLED),
+                  ("the cosine pair head", _lacks("settings", "pair_head"), GTS_METHODS, ("similarity",)),
+                  ("similarity pairs left the body stage and kNN", _lacks("details", "knn", "skipped"), GTS_METHODS,
+                   ("similarity",)),
+                  ("kNN left the defaults", _lacks("details", "knn", "skipped"), GTS_METHODS,
+                   ("classification", "nli")),
+                  ("self-training joined standard", _lacks("settings", "self_training_pool"), BODY_METHODS,
+                   ("classification", "nli")),
+                  ("the body stage's rule by label count", _predates_the_body_rule_by_label_count, BODY_METHODS,
+                   ("classification", "nli")))
+
+
 def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:
     """Name the GTS runs made before each recipe change (their files lack what it records), among the task types
     the change concerns."""
     lines = []
-    for change, path, methods, task_types in RECIPE_CHANGES:
+    for change, predates, methods, task_types in RECIPE_CHANGES:
         older = sorted({f"{record['task']} {record['method']}" for record in records
-                        if record["method"].startswith(methods) and _predates(record, path)
+                        if record["method"].startswith(methods) and predates(record)
                         and record.get("data", {}).get("task_type") in task_types})
         if older:
             lines += ["", f"Made before {change} (an older recipe, not rerun): {', '.join(older)}."]

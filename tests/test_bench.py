@@ -225,6 +225,19 @@ def test_self_training_ablation_table() -> None:
     assert bench._self_training_ablation_lines("english", [kept, undone]) == []
 
 
+@pytest.mark.parametrize("labels, train, body, older", [
+    (6, 48, {"kept": False}, True), (6, 48, {"kept": True}, False),  # more than two labels: always kept now
+    (2, 16, {"kept": False}, True), (2, 32, {"kept": True}, True),  # two labels, at most 16 per label: skipped now
+    (2, 128, {"kept": False}, False), (2, 16, {"skipped": "two labels"}, False), (6, 48, None, False)])
+def test_runs_made_before_the_body_rule_by_label_count_are_named(labels: int, train: int, body: dict | None,
+                                                                 older: bool) -> None:
+    record = {"task": "t", "method": "gts-standard", "settings": {"tuned_shots": 16}, "details": {"body": body},
+              "data": {"task_type": "classification", "num_labels": labels, "num_train": train}}
+    assert bench._predates_the_body_rule_by_label_count(record) is older
+    named = "the body stage's rule by label count (an older recipe, not rerun): t gts-standard."
+    assert (named in " ".join(bench._older_recipe_lines([record]))) is older
+
+
 def test_label_prior_ablation_equals_a_model_without_the_prior(tiny_student: Path, sentiment_dir: Path) -> None:
     from gts_hf import GTSEngine, load_task, predict
 

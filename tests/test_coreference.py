@@ -181,7 +181,8 @@ def test_the_joint_head_runs_the_body_stage_and_fine_tuning_on_marked_texts(core
     marked); fine-tuning feeds the span masks through the Trainer (token masking keeps them aligned)."""
     from gts_hf.engine import KNN_OFF, GTSEngine
 
-    trained = GTSEngine(mode="standard", student=str(tiny_student), pair_head="joint", head_steps=10, body_steps=2,
-                        finetune="on", training_overrides={"num_train_epochs": 1}).train(load_task(coreference_dir))
+    engine = GTSEngine(mode="standard", student=str(tiny_student), pair_head="joint", head_steps=10, body_steps=2,
+                       tuned_shots=1, finetune="on", training_overrides={"num_train_epochs": 1})  # 1: two labels too
+    trained = engine.train(load_task(coreference_dir))
     assert "kept" in trained.record["body"] and trained.record["knn"] == KNN_OFF
     assert trained.record["finetune"]["steps"] > 0

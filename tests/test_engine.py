@@ -10,13 +10,16 @@ from transformers import AutoConfig, AutoModel
 
 from gts_hf import GTSConfig, GTSEngine, GTSForFewShotClassification, load_task, load_trained, predict
 from gts_hf.data import OPTION_TEMPLATES
-from gts_hf.engine import KNN_OFF, RECORD_FILE, TEMPLATES_ONLY_FOR_CLASSES, save_trained
+from gts_hf.engine import (KNN_OFF, NO_BODY_FOR_TWO_FEW_SHOT_LABELS, RECORD_FILE, TEMPLATES_ONLY_FOR_CLASSES,
+                           save_trained)
 from gts_hf.trainer import confident_per_label
 
 from .conftest import NEGATIVE, POSITIVE, write_jsonl
 
 FAST = {"mode": "fast", "head_steps": 50}
 STANDARD = {"mode": "standard", "min_finetune_steps": 8, "training_overrides": {"disable_tqdm": True}}
+#: 4-5 texts per label is beyond 3, so the two-label fixtures get a body stage (more steps, a fainter prior)
+BODY_ON_TWO_LABELS = {"tuned_shots": 3}
 
 
 def train(student, data_dir, output_dir=None, **settings):
@@ -92,8 +95,8 @@ def test_pair_head_cosine_ties_the_options_and_drops_the_prior(tiny_student, pai
 
 @pytest.mark.parametrize("pair_head", ["cosine", "joint"])
 def test_cosine_led_pairs_skip_the_body_stage_and_knn(tiny_student, pair_dir, tmp_path, pair_head):
-    trained = train(tiny_student, pair_dir, tmp_path / "model", **STANDARD, body_steps=3, pair_head=pair_head,
-                    use_knn=True)
+    trained = train(tiny_student, pair_dir, tmp_path / "model", **STANDARD, **BODY_ON_TWO_LABELS, body_steps=3,
+                    pair_head=pair_head, use_knn=True)
     cosine = pair_head == "cosine"
     assert ("skipped" in trained.record["body"]) is cosine and ("kept" in trained.record["body"]) is not cosine
     assert ("skipped" in trained.record["knn"]) is cosine and (trained.model.knn is None) is cosine
@@ -219,11 +222,28 @@ def test_engine_records_the_label_prior(tiny_student, sentiment_dir):
 
 
 def test_standard_mode_reshapes_the_encoder_before_the_head(tiny_student, sentiment_dir):
-    trained = train(tiny_student, sentiment_dir, **STANDARD, body_steps=5)
+    trained = train(tiny_student, sentiment_dir, **STANDARD, **BODY_ON_TWO_LABELS, body_steps=3)
     body = trained.record["body"]
     assert body["body_steps"] == 5 and body["body_loss_first"] is not None and body["head"]["head_steps"] == 50
-    assert body["kept"] == (body["dev_accuracy_after"] > body["dev_accuracy_before"])
+    assert body["kept"] == (body["dev_accuracy_after"] > body["dev_accuracy_before"])  # the rule for two labels
     assert "finetune" not in trained.record  # standard's default: no option fine-tuning for labelled classes
+
+
+def test_two_labels_with_few_texts_per_label_skip_the_body_stage(tiny_student, sentiment_dir):
+    assert train(tiny_student, sentiment_dir, **STANDARD, body_steps=4).record["body"] == \
+        NO_BODY_FOR_TWO_FEW_SHOT_LABELS  # 5 per label, at most the 16 the defaults were tuned at
+
+
+@pytest.mark.parametrize("dev_accuracies", [(0.5, 0.75), (0.75, 0.75), (0.75, 0.5)])
+def test_with_more_than_two_labels_the_body_stage_is_kept_whatever_dev_says(tiny_student, sentiment_dir, monkeypatch,
+                                                                            dev_accuracies):
+    records = [json.loads(line) for line in (sentiment_dir / "train.json").read_text().splitlines()]
+    write_jsonl(sentiment_dir / "train.json", records + [{"text": "It was fine, nothing more.", "label": "neutral"}])
+    write_jsonl(sentiment_dir / "labels.json", [{"labels": ["negative", "neutral", "positive"]}])
+    answers = iter(dev_accuracies)
+    monkeypatch.setattr(GTSEngine, "_dev_accuracy_with_prior", lambda *args: next(answers))
+    body = train(tiny_student, sentiment_dir, **STANDARD, body_steps=2, self_training_pool=0).record["body"]
+    assert body["kept"] and body["dev_accuracy_before"] == dev_accuracies[0]
 
 
 @pytest.mark.parametrize("train_size, labels, tuned, steps, prior", [
@@ -486,7 +506,7 @@ def test_standard_training_is_the_same_with_and_without_the_feature_cache(tiny_s
 
     write_jsonl(sentiment_dir / "unlabeled.json", [{"text": text} for text in POSITIVE + NEGATIVE])
     (sentiment_dir / "dev.json").unlink()
-    settings = {**STANDARD, "head_steps": 50, "body_steps": 3}
+    settings = {**STANDARD, **BODY_ON_TWO_LABELS, "head_steps": 50, "body_steps": 3}
     cached = train(tiny_student, sentiment_dir, **settings)
     monkeypatch.setattr(engine_module.EncodedExamples, "__call__",
                         lambda self, model, tokenizer, examples: engine_module.features_of(
