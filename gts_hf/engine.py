@@ -314,8 +314,8 @@ class GTSEngine:
         SST-5, TNEWS, OCNLI, IFLYTEK, CSLDCP) it raised test accuracy on every task, by 2.4 points on average over the
         untrained encoder, and the old rule (kept only if the head-only dev accuracy rose) gave up 0.7 of those on dev
         sets of 32-345 texts (IFLYTEK: dev fell by 2 points, test rose by 1.7; benchmarks/ABLATION.md §21). With two
-        labels (beyond ``tuned_shots`` texts per label, see :meth:`_two_few_shot_labels`) it is kept only if that dev accuracy
-        (label prior included) rises. Without dev data it is kept. Similarity pairs never reach it
+        labels (beyond ``tuned_shots`` texts per label, see :meth:`_two_few_shot_labels`) it is kept only if that dev
+        accuracy (label prior included) rises. Without dev data it is kept. Similarity pairs never reach it
         (:meth:`_not_applicable`)."""
         settings = self.settings
         before = self._dev_accuracy_with_prior(model, tokenizer, task)
