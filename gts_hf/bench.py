@@ -803,6 +803,13 @@ def _predates_the_body_rule_by_label_count(record: dict[str, Any]) -> bool:
     return data.get("num_train", 0) / 2 <= record.get("settings", {}).get("tuned_shots", 16)
 
 
+def _predates_the_pretrained_encoder(record: dict[str, Any]) -> bool:
+    """Whether a run with more than two labels had its body stage without the choice to keep the pretrained encoder
+    beside the reshaped one (ABLATION §22; only single texts keep it)."""
+    return record.get("data", {}).get("num_labels", 0) > 2 and \
+        _predates(record, ("details", "body", "pretrained_encoder_kept"))
+
+
 #: Changes to the GTS recipe that older run files predate: (the change, whether a run file predates it, the methods,
 #: the task types it concerns).
 LABELLED = ("classification", "similarity", "nli")  # multiple choice has no label texts: no prior, no body stage
@@ -818,7 +825,9 @@ RECIPE_CHANGES = (("the label prior", _lacks("settings", "label_prior_weight"), 
                   ("self-training joined standard", _lacks("settings", "self_training_pool"), BODY_METHODS,
                    ("classification", "nli")),
                   ("the body stage's rule by label count", _predates_the_body_rule_by_label_count, BODY_METHODS,
-                   ("classification", "nli")))
+                   ("classification", "nli")),
+                  ("the pretrained encoder beside the reshaped one", _predates_the_pretrained_encoder, BODY_METHODS,
+                   ("classification",)))
 
 
 def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:

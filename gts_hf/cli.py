@@ -70,6 +70,10 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
     sub.add_argument("--tuned-shots", type=int, default=16,
                      help="texts per label the defaults were tuned at: more texts per label scale the body steps up "
                           "and the label prior's weight down in proportion (0: never)")
+    sub.add_argument("--no-pretrained-encoder", dest="keep_pretrained_encoder", action="store_false",
+                     help="after the body stage, score single texts with more than two labels by the reshaped encoder "
+                          "alone (default: beside the pretrained one, frozen: more accurate, two encoder passes per "
+                          "text)")
     sub.add_argument("--self-training-pool", type=int, default=1000,
                      help="unlabelled texts (unlabeled.json or --unlabeled) sampled to self-train the head on, "
                           "standard and advanced modes (0: off)")
@@ -255,6 +259,7 @@ def _train_and_report(task: Any, args: argparse.Namespace) -> Any:
           f"{len(task.test)} test / {len(task.unlabeled)} unlabelled")
     engine = GTSEngine(mode=args.mode, student=args.student, seed=args.seed, max_seq_length=args.max_seq_length,
                        body_steps=args.body_steps, tuned_shots=args.tuned_shots,
+                       keep_pretrained_encoder=args.keep_pretrained_encoder,
                        self_training_pool=args.self_training_pool,
                        label_prior_weight=args.label_prior_weight, option_template=args.option_template,
                        finetune=args.finetune, pair_head=args.pair_head, use_knn=args.knn,

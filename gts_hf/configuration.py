@@ -28,6 +28,10 @@ class GTSConfig(PretrainedConfig):
         span_layer: coreference only: which encoder layer's token states give the span cosine, as an index into the
             encoder's ``hidden_states`` (-1: the last layer). The default, the layer before the last, told CLUEWSC's
             dev examples apart better (ROC AUC 0.669 against 0.610; benchmarks/ABLATION.md §14).
+        keep_pretrained_encoder: the model also holds the backbone's pretrained encoder, frozen (its word embeddings
+            shared with the trained one), and scores each text by both embeddings side by side: the body stage's
+            reshaped space and the space it started from (benchmarks/ABLATION.md §22). The head then scores vectors of
+            twice the encoder's width (:attr:`hidden_size`), and each text costs two encoder passes.
     """
 
     model_type = "gts"
@@ -46,6 +50,7 @@ class GTSConfig(PretrainedConfig):
         label_prior_weight: float = 0.0,
         base_model: str | None = None,
         span_layer: int = -2,
+        keep_pretrained_encoder: bool = False,
         **kwargs: Any,
     ):
         if isinstance(encoder_config, dict):
@@ -70,6 +75,8 @@ class GTSConfig(PretrainedConfig):
         self.label_prior_weight = check_unit_interval("label_prior_weight", label_prior_weight)
         self.base_model = base_model
         self.span_layer = span_layer
+        self.keep_pretrained_encoder = keep_pretrained_encoder
+        kwargs.setdefault("tie_word_embeddings", True)  # lets transformers tie the pretrained encoder's word embeddings
         super().__init__(**kwargs)
 
     @property
@@ -86,7 +93,8 @@ class GTSConfig(PretrainedConfig):
 
     @property
     def hidden_size(self) -> int:
-        return self.encoder_config.hidden_size
+        """The width of the embeddings the head scores (twice the encoder's with ``keep_pretrained_encoder``)."""
+        return self.encoder_config.hidden_size * (2 if self.keep_pretrained_encoder else 1)
 
 
 def check_unit_interval(name: str, value: float) -> float:

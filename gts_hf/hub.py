@@ -381,6 +381,8 @@ def _body_rows(body: dict[str, Any]) -> list[tuple[str, Any]]:
     if "body_steps" not in body:
         return _skipped_row("contrastive body stage", body)
     outcome = "kept" if body.get("kept", True) else "undone (dev accuracy did not rise)"
+    if body.get("pretrained_encoder_kept"):
+        outcome += ", beside the pretrained encoder (frozen; texts are scored by both embeddings)"
     loss = f"{_number(body.get('body_loss_first'))} → {_number(body.get('body_loss_last'))}"
     dev = f"{_number(body.get('dev_accuracy_before'))} → {_number(body.get('dev_accuracy_after'))}"
     return [("contrastive body stage", f"{body['body_steps']} steps of {body.get('body_batch_size')} texts, learning "

@@ -8,6 +8,8 @@ Once trained, the scores can be blended with the label texts' zero-shot scores (
 label names keep their say where a few dozen examples would overrule them.
 Multiple-choice tasks (CHID) bring their options with each input: the choices are encoded by the same backbone and
 scored the same way, ``logit_scale * cos(text, choice)`` (UniMC's paradigm with per-example options).
+A trained model may also hold the backbone's pretrained encoder, frozen, and score each text by its embeddings from
+both encoders side by side (``GTSConfig.keep_pretrained_encoder``).
 A :class:`~gts_hf.retrieval.KNNDatastore`, when present, is saved and loaded with the model.
 """
 
@@ -40,7 +42,8 @@ class GTSOutput(ModelOutput):
     Args:
         loss: cross-entropy over the label options, when labels are given.
         logits: option scores, ``(batch, num_labels)``.
-        embeddings: L2-normalised pooled embeddings of the (joint) input, ``(batch, hidden)``; the kNN key.
+        embeddings: L2-normalised pooled embeddings of the (joint) input, ``(batch, hidden)`` (with a pretrained
+            encoder, both encoders' embeddings side by side: ``config.hidden_size`` wide); the kNN key.
         pair_similarity: for pair tasks, cosine of the two sentences encoded apart, ``(batch,)``; for coreference, of
             the two marked spans.
     """
@@ -83,6 +86,9 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
     def __init__(self, config: GTSConfig):
         super().__init__(config)
         self.encoder = build_encoder(config.encoder_config)
+        self.pretrained_encoder: nn.Module | None = None
+        if config.keep_pretrained_encoder:
+            self._hold_pretrained_encoder(build_encoder(config.encoder_config))
         num_labels, hidden = len(config.labels), config.hidden_size
         self.option_embeddings = nn.Parameter(torch.empty(num_labels, hidden))
         self.log_logit_scale = nn.Parameter(torch.empty(()))
@@ -100,6 +106,9 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
     @classmethod
     def from_backbone(cls, backbone: str | os.PathLike, config: GTSConfig, **load_kwargs: Any) -> "GTSForFewShotClassification":
         """A fresh GTS model whose encoder carries the pretrained weights found at ``backbone`` (a local folder)."""
+        if config.keep_pretrained_encoder:
+            raise ValueError("a fresh model has no trained encoder to keep the pretrained one beside: build it "
+                             "without keep_pretrained_encoder and call add_pretrained_encoder after training")
         encoder_config = AutoConfig.from_pretrained(backbone)
         encoder = AutoModel.from_pretrained(backbone, **_without_pooler(encoder_config), **load_kwargs)
         config.encoder_config = encoder.config
@@ -107,11 +116,74 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         model.encoder = encoder
         return model
 
+    @torch.no_grad()
+    def add_pretrained_encoder(self, encoder: nn.Module) -> None:
+        """Hold ``encoder`` (the backbone as it was before training) beside the trained one, frozen, and score texts
+        by both embeddings side by side (``GTSConfig.keep_pretrained_encoder``). Its word embeddings are replaced by
+        the trained encoder's (the body stage and, by default, fine-tuning leave them as they were; while a
+        pretrained encoder is held, :class:`~gts_hf.trainer.GTSTrainer` never trains them). The head's option
+        vectors and label prior widen to match and start at zero: call :meth:`set_label_options` and fit the head
+        afterwards; a kNN datastore, built on the old embeddings, is refused."""
+        if self.pretrained_encoder is not None:
+            raise ValueError("the model already holds a pretrained encoder")
+        if self.knn is not None:
+            raise ValueError("add the pretrained encoder before building the kNN datastore: its keys are embeddings "
+                             "of the trained encoder alone")
+        if encoder.config.hidden_size != self.config.encoder_config.hidden_size:
+            raise ValueError(f"the pretrained encoder's width ({encoder.config.hidden_size}) differs from the "
+                             f"trained one's ({self.config.encoder_config.hidden_size})")
+        self.config.keep_pretrained_encoder = True
+        self._hold_pretrained_encoder(encoder.to(device=self.device, dtype=self.dtype))
+        shape, like = (len(self.config.labels), self.config.hidden_size), self.option_embeddings
+        self.option_embeddings = nn.Parameter(torch.zeros(shape, dtype=like.dtype, device=like.device))
+        self.label_prior = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.all_tied_weights_keys = self.get_expanded_tied_weights_keys(all_submodels=True)
+
+    def _hold_pretrained_encoder(self, encoder: nn.Module) -> None:
+        """Share the trained encoder's word embeddings with ``encoder``, declared as tied so the saved model stores
+        them once, and freeze the rest of it."""
+        embeddings = self.encoder.get_input_embeddings()
+        encoder.set_input_embeddings(embeddings)
+        name = next(name for name, param in self.encoder.named_parameters() if param is embeddings.weight)
+        self._tied_weights_keys = {f"pretrained_encoder.{name}": f"encoder.{name}"}
+        self.pretrained_encoder = encoder.eval()
+        self._freeze_pretrained_encoder()
+
+    def _freeze_pretrained_encoder(self) -> None:
+        """No gradient for the pretrained encoder's own weights (loading a model makes every weight trainable again);
+        the shared word embeddings keep whatever the trained encoder says."""
+        shared = self.encoder.get_input_embeddings().weight
+        for param in self.pretrained_encoder.parameters():
+            if param is not shared:
+                param.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "GTSForFewShotClassification":
+        """As ``nn.Module.train``, but the pretrained encoder stays in eval mode: it is frozen, dropout included."""
+        super().train(mode)
+        if self.pretrained_encoder is not None:
+            self.pretrained_encoder.eval()  # frozen: no dropout either
+        return self
+
     # ----------------------------------------------------------------------------------------------------- forward
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **encoder_kwargs: Any) -> torch.Tensor:
-        """Pooled, L2-normalised embeddings."""
+        """Pooled, L2-normalised embeddings (with a pretrained encoder: both encoders' side by side, see
+        :meth:`_with_pretrained_view`)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs).last_hidden_state
-        return F.normalize(pool(hidden, attention_mask, self.config.pooling), dim=-1)
+        return self._with_pretrained_view(pool(hidden, attention_mask, self.config.pooling), input_ids, attention_mask,
+                                          **encoder_kwargs)
+
+    def _with_pretrained_view(self, pooled: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                              **encoder_kwargs: Any) -> torch.Tensor:
+        """``pooled`` L2-normalised; with a pretrained encoder, followed by that encoder's normalised embedding and
+        scaled back to unit length, so a cosine with such a vector is the mean of the two encoders' cosines."""
+        trained = F.normalize(pooled, dim=-1)
+        if self.pretrained_encoder is None:
+            return trained
+        with torch.no_grad():
+            hidden = self.pretrained_encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                             **encoder_kwargs).last_hidden_state
+            pretrained = F.normalize(pool(hidden, attention_mask, self.config.pooling), dim=-1).to(trained.dtype)
+        return torch.cat([trained, pretrained], dim=-1) / math.sqrt(2)
 
     def embed_with_spans(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, first_span_mask: torch.Tensor,
                          second_span_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -120,7 +192,8 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
         sentences-apart cosine of pairs, the span cosine is a fixed feature: no gradient flows back through it. A span
         with no tokens (cut off by truncation) leaves the cosine at ``pair_center``, where its term is neutral."""
         output = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        embeddings = F.normalize(pool(output.last_hidden_state, attention_mask, self.config.pooling), dim=-1)
+        embeddings = self._with_pretrained_view(pool(output.last_hidden_state, attention_mask, self.config.pooling),
+                                                input_ids, attention_mask)
         states = output.hidden_states[self.config.span_layer].detach()
         first, second = (F.normalize(pool(states, mask, "mean"), dim=-1)
                          for mask in (first_span_mask, second_span_mask))
@@ -249,6 +322,8 @@ class GTSForFewShotClassification(GTSPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if model.pretrained_encoder is not None:
+            model._freeze_pretrained_encoder()
         hub_options = {key: kwargs[key] for key in ("revision", "token", "cache_dir", "local_files_only")
                        if kwargs.get(key) is not None}
         model.knn = KNNDatastore.load_if_present(pretrained_model_name_or_path, num_labels=len(model.config.labels),

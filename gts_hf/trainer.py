@@ -180,7 +180,9 @@ class GTSTrainer(Trainer):
         kwargs.setdefault("data_collator", GTSDataCollator(processing_class, model.config))
         kwargs.setdefault("compute_metrics", self._metrics_for(len(model.config.labels)))
         super().__init__(model=model, args=args, processing_class=processing_class, **kwargs)
-        freeze_encoder_parts(model.encoder, args.freeze_word_embeddings, args.train_top_layers)
+        # a pretrained encoder held beside this one shares its word embeddings: training them would move both
+        frozen_words = args.freeze_word_embeddings or getattr(model, "pretrained_encoder", None) is not None
+        freeze_encoder_parts(model.encoder, frozen_words, args.train_top_layers)
         self.best_on_dev = KeepBestOnDev(model) if args.select_on_dev and self.eval_dataset is not None else None
         if self.best_on_dev:
             self.add_callback(self.best_on_dev)

@@ -48,7 +48,7 @@ class GTSConfig(PretrainedConfig):
                  label_options: list[str] | None = None, task_type: str = "classification", query_prefix: str = "",
                  max_seq_length: int = 256, pooling: str = "mean", logit_scale: float = 20.0,
                  label_prior_weight: float = 0.0, base_model: str | None = None, span_layer: int = -2,
-                 **kwargs: Any):
+                 keep_pretrained_encoder: bool = False, **kwargs: Any):
         if isinstance(encoder_config, dict):
             encoder_config = dict(encoder_config)
             encoder_config = AutoConfig.for_model(encoder_config.pop("model_type", "bert"), **encoder_config)
@@ -66,6 +66,8 @@ class GTSConfig(PretrainedConfig):
         self.label_prior_weight = label_prior_weight
         self.base_model = base_model
         self.span_layer = span_layer  # coreference: the layer whose token states give the span cosine
+        self.keep_pretrained_encoder = keep_pretrained_encoder  # a frozen pretrained encoder beside the trained one
+        kwargs.setdefault("tie_word_embeddings", True)  # the two encoders' word embeddings are stored once
         super().__init__(**kwargs)
 
     @property
@@ -74,7 +76,7 @@ class GTSConfig(PretrainedConfig):
 
     @property
     def hidden_size(self) -> int:
-        return self.encoder_config.hidden_size
+        return self.encoder_config.hidden_size * (2 if self.keep_pretrained_encoder else 1)
 
 
 # ------------------------------------------------------------------------------------------------------------- kNN
@@ -160,6 +162,13 @@ class GTSForFewShotClassification(PreTrainedModel):
         encoder_config = config.encoder_config
         pooler = {"add_pooling_layer": False} if encoder_config.model_type in MODELS_WITH_POOLER else {}
         self.encoder = AutoModel.from_config(encoder_config, **pooler)
+        self.pretrained_encoder = None
+        if config.keep_pretrained_encoder:  # frozen, its word embeddings the trained encoder's
+            self.pretrained_encoder = AutoModel.from_config(encoder_config, **pooler)
+            embeddings = self.encoder.get_input_embeddings()
+            self.pretrained_encoder.set_input_embeddings(embeddings)
+            name = next(name for name, param in self.encoder.named_parameters() if param is embeddings.weight)
+            self._tied_weights_keys = {f"pretrained_encoder.{name}": f"encoder.{name}"}
         num_labels, hidden = len(config.labels), config.hidden_size
         self.option_embeddings = nn.Parameter(torch.zeros(num_labels, hidden))
         self.log_logit_scale = nn.Parameter(torch.tensor(math.log(config.logit_scale)))
@@ -174,6 +183,8 @@ class GTSForFewShotClassification(PreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str, *args: Any, **kwargs: Any):
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        if model.pretrained_encoder is not None:  # for inference only: nothing here is trained
+            model.pretrained_encoder.requires_grad_(False)
         hub_options = {key: kwargs[key] for key in HUB_OPTIONS if kwargs.get(key) is not None}
         model.knn = KNNDatastore.load(str(pretrained_model_name_or_path), **hub_options)
         return model
@@ -181,7 +192,18 @@ class GTSForFewShotClassification(PreTrainedModel):
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **encoder_kwargs: Any) -> torch.Tensor:
         """Pooled (mean or first token), L2-normalised embeddings."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **encoder_kwargs).last_hidden_state
-        return _pool(hidden, attention_mask, self.config.pooling)
+        return self._with_pretrained_view(_pool(hidden, attention_mask, self.config.pooling), input_ids,
+                                          attention_mask, **encoder_kwargs)
+
+    def _with_pretrained_view(self, embeddings: torch.Tensor, input_ids: torch.Tensor,
+                              attention_mask: torch.Tensor, **encoder_kwargs: Any) -> torch.Tensor:
+        """With a pretrained encoder: both encoders' embeddings side by side, scaled back to unit length."""
+        if self.pretrained_encoder is None:
+            return embeddings
+        hidden = self.pretrained_encoder(input_ids=input_ids, attention_mask=attention_mask,
+                                         **encoder_kwargs).last_hidden_state
+        pretrained = _pool(hidden, attention_mask, self.config.pooling).to(embeddings.dtype)
+        return torch.cat([embeddings, pretrained], dim=-1) / math.sqrt(2)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                 first_input_ids: torch.Tensor | None = None, first_attention_mask: torch.Tensor | None = None,
@@ -191,7 +213,8 @@ class GTSForFewShotClassification(PreTrainedModel):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         output = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra,
                               output_hidden_states=first_span_mask is not None)
-        embeddings = _pool(output.last_hidden_state, attention_mask, self.config.pooling)
+        embeddings = self._with_pretrained_view(_pool(output.last_hidden_state, attention_mask, self.config.pooling),
+                                                input_ids, attention_mask, **extra)
         logits = self.log_logit_scale.exp() * embeddings @ F.normalize(self.option_embeddings, dim=-1).T
         pair_similarity = None
         if first_input_ids is not None and second_input_ids is not None:

@@ -238,6 +238,18 @@ def test_runs_made_before_the_body_rule_by_label_count_are_named(labels: int, tr
     assert (named in " ".join(bench._older_recipe_lines([record]))) is older
 
 
+@pytest.mark.parametrize("labels, task_type, body, older", [
+    (6, "classification", {"kept": True}, True), (6, "classification", {"pretrained_encoder_kept": False}, False),
+    (6, "classification", {"pretrained_encoder_kept": True}, False), (2, "classification", {"kept": True}, False),
+    (3, "nli", {"kept": True}, False), (6, "classification", None, False)])
+def test_runs_made_before_the_pretrained_encoder_are_named(labels: int, task_type: str, body: dict | None,
+                                                           older: bool) -> None:
+    record = {"task": "t", "method": "gts-standard", "details": {"body": body},
+              "data": {"task_type": task_type, "num_labels": labels}}
+    named = "the pretrained encoder beside the reshaped one (an older recipe, not rerun): t gts-standard."
+    assert (named in " ".join(bench._older_recipe_lines([record]))) is older
+
+
 def test_label_prior_ablation_equals_a_model_without_the_prior(tiny_student: Path, sentiment_dir: Path) -> None:
     from gts_hf import GTSEngine, load_task, predict
 

@@ -234,16 +234,95 @@ def test_two_labels_with_few_texts_per_label_skip_the_body_stage(tiny_student, s
         NO_BODY_FOR_TWO_FEW_SHOT_LABELS  # 5 per label, at most the 16 the defaults were tuned at
 
 
+def with_a_third_label(data_dir):
+    """The sentiment fixture with a "neutral" label (one training text)."""
+    records = [json.loads(line) for line in (data_dir / "train.json").read_text().splitlines()]
+    write_jsonl(data_dir / "train.json", records + [{"text": "It was fine, nothing more.", "label": "neutral"}])
+    write_jsonl(data_dir / "labels.json", [{"labels": ["negative", "neutral", "positive"]}])
+    return data_dir
+
+
 @pytest.mark.parametrize("dev_accuracies", [(0.5, 0.75), (0.75, 0.75), (0.75, 0.5)])
 def test_with_more_than_two_labels_the_body_stage_is_kept_whatever_dev_says(tiny_student, sentiment_dir, monkeypatch,
                                                                             dev_accuracies):
-    records = [json.loads(line) for line in (sentiment_dir / "train.json").read_text().splitlines()]
-    write_jsonl(sentiment_dir / "train.json", records + [{"text": "It was fine, nothing more.", "label": "neutral"}])
-    write_jsonl(sentiment_dir / "labels.json", [{"labels": ["negative", "neutral", "positive"]}])
+    with_a_third_label(sentiment_dir)
     answers = iter(dev_accuracies)
     monkeypatch.setattr(GTSEngine, "_dev_accuracy_with_prior", lambda *args: next(answers))
     body = train(tiny_student, sentiment_dir, **STANDARD, body_steps=2, self_training_pool=0).record["body"]
     assert body["kept"] and body["dev_accuracy_before"] == dev_accuracies[0]
+
+
+def holds_a_frozen_pretrained_encoder(model):
+    """Whether the model's pretrained encoder shares the trained one's word embeddings and trains nothing else."""
+    shared = model.encoder.get_input_embeddings()
+    return model.pretrained_encoder.get_input_embeddings() is shared and \
+        not any(param.requires_grad for param in model.pretrained_encoder.parameters() if param is not shared.weight)
+
+
+def test_more_than_two_labels_keep_the_pretrained_encoder_beside_the_reshaped_one(tiny_student, sentiment_dir,
+                                                                                  tmp_path):
+    trained = train(tiny_student, with_a_third_label(sentiment_dir), tmp_path / "model", **STANDARD, body_steps=2)
+    model, width = trained.model, AutoConfig.from_pretrained(tiny_student).hidden_size
+    assert trained.record["body"]["pretrained_encoder_kept"] and model.config.keep_pretrained_encoder
+    assert model.option_embeddings.shape == model.label_prior.shape == (3, 2 * width)
+    untrained = AutoModel.from_pretrained(tiny_student).state_dict()
+    for name, value in model.pretrained_encoder.state_dict().items():  # frozen where it started
+        assert torch.equal(value, untrained[name]), name
+    assert holds_a_frozen_pretrained_encoder(model)
+    examples = load_task(sentiment_dir).test
+    embeddings = predict(model, trained.tokenizer, examples).embeddings
+    assert embeddings.shape[1] == 2 * width and np.allclose(np.linalg.norm(embeddings[:, :width], axis=1), 0.5 ** 0.5)
+
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "model" / "model.safetensors", "pt") as stored:  # the shared word embeddings once
+        assert sum("word_embeddings" in key for key in stored.keys()) == 1
+    reloaded, tokenizer = load_trained(tmp_path / "model")
+    assert holds_a_frozen_pretrained_encoder(reloaded)  # loading makes every weight trainable: frozen again
+    assert np.allclose(predict(reloaded, tokenizer, examples).probabilities,
+                       predict(model, trained.tokenizer, examples).probabilities, atol=1e-5)
+
+
+def test_a_pretrained_encoder_is_added_once_before_any_datastore_and_keeps_its_word_embeddings_frozen(
+        tiny_student, sentiment_dir):
+    from gts_hf.engine import _encoder_copy
+    from gts_hf.retrieval import KNNDatastore
+    from gts_hf.trainer import GTSTrainer
+    from gts_hf.training_args import GTSTrainingArguments
+
+    task = load_task(with_a_third_label(sentiment_dir))
+    model, tokenizer = GTSEngine(student=str(tiny_student)).build_student(task)
+    model.knn = object.__new__(KNNDatastore)
+    with pytest.raises(ValueError, match="before building the kNN datastore"):
+        model.add_pretrained_encoder(_encoder_copy(model))
+    model.knn = None
+    model.add_pretrained_encoder(_encoder_copy(model))
+    with pytest.raises(ValueError, match="already holds a pretrained encoder"):
+        model.add_pretrained_encoder(_encoder_copy(model))
+    with pytest.raises(ValueError, match="no trained encoder"):
+        GTSForFewShotClassification.from_backbone(tiny_student, model.config)
+    args = GTSTrainingArguments(freeze_word_embeddings=False, eval_strategy="no")
+    GTSTrainer(model=model, args=args, train_examples=task.train, processing_class=tokenizer)
+    assert not model.encoder.get_input_embeddings().weight.requires_grad  # shared: it would move both encoders
+
+
+def test_self_training_beside_the_pretrained_encoder_sets_aside_the_head_alone(tiny_student, sentiment_dir):
+    write_jsonl(with_a_third_label(sentiment_dir) / "unlabeled.json", [{"text": text} for text in POSITIVE + NEGATIVE])
+    engine = GTSEngine(student=str(tiny_student), **STANDARD, body_steps=2, self_training_per_label=1)
+    trained = engine.train(load_task(sentiment_dir))
+    assert trained.record["body"]["pretrained_encoder_kept"] and "kept" in trained.record["self_training"]
+    other = trained.other_heads["self_training"]
+    assert other["option_embeddings"].shape == trained.model.option_embeddings.shape
+    assert not any(name.startswith(("encoder.", "pretrained_encoder.")) for name in other)
+
+
+@pytest.mark.parametrize("setting, folder", [({"keep_pretrained_encoder": False}, "three labels"),
+                                             (BODY_ON_TWO_LABELS, "two labels")])
+def test_the_pretrained_encoder_is_left_out_when_asked_or_with_two_labels(tiny_student, sentiment_dir, setting, folder):
+    data_dir = with_a_third_label(sentiment_dir) if folder == "three labels" else sentiment_dir
+    trained = train(tiny_student, data_dir, **STANDARD, body_steps=2, **setting)
+    assert trained.record["body"]["pretrained_encoder_kept"] is False and trained.model.pretrained_encoder is None
+    assert trained.model.option_embeddings.shape[1] == AutoConfig.from_pretrained(tiny_student).hidden_size
 
 
 @pytest.mark.parametrize("train_size, labels, tuned, steps, prior", [

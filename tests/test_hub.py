@@ -302,6 +302,9 @@ def test_model_card_rows_describe_the_training_stages():
     rows = dict(_training_rows({"mode": "standard", "body": body}, {}))
     assert rows["contrastive body stage"] == ("40 steps of 32 texts, learning rate 2e-05, pair loss 0.36 → 0.19, dev "
                                               "accuracy 0.25 → 0.5: kept")
+    rows = dict(_training_rows({"mode": "standard", "body": {**body, "pretrained_encoder_kept": True}}, {}))
+    assert rows["contrastive body stage"].endswith(": kept, beside the pretrained encoder (frozen; texts are scored by "
+                                                   "both embeddings)")
     rows = dict(_training_rows({"mode": "standard", "body": {**body, "dev_accuracy_after": 0.25, "kept": False}}, {}))
     assert rows["contrastive body stage"].endswith("0.25 → 0.25: undone (dev accuracy did not rise)")
     skipped = {"skipped": "the cosine pair head"}

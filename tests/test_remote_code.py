@@ -103,25 +103,41 @@ print("\n" + RESULT_MARKER + json.dumps(result))  # on a line of its own: a refu
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
-def _train(tiny_student: Path, folder: Path, train: list[dict], dev: list[dict], labels: dict) -> Path:
+def _train(tiny_student: Path, folder: Path, train: list[dict], dev: list[dict], labels: dict,
+           **settings: Any) -> Path:
     data = folder / "data"
     data.mkdir(parents=True)
     write_jsonl(data / "train.json", train)
     write_jsonl(data / "dev.json", dev)
     write_jsonl(data / "labels.json", [labels])
-    engine = GTSEngine(mode="fast", student=str(tiny_student), head_steps=20, use_knn=True)
+    engine = GTSEngine(student=str(tiny_student), **{"mode": "fast", "head_steps": 20, "use_knn": True, **settings})
     return engine.train(load_task(data), output_dir=folder / "model").output_dir
+
+
+def _sentiment_records(texts: list[str], label: str) -> list[dict]:
+    return [{"content": text, "label": label} for text in texts]
 
 
 @pytest.fixture(scope="module")
 def sentiment_model(tiny_student: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    def records(texts: list[str], label: str) -> list[dict]:
-        return [{"content": text, "label": label} for text in texts]
-
     return _train(tiny_student, tmp_path_factory.mktemp("sentiment"),
-                  records(POSITIVE[:5], "positive") + records(NEGATIVE[:5], "negative"),
-                  records(POSITIVE[5:], "positive") + records(NEGATIVE[5:], "negative"),
+                  _sentiment_records(POSITIVE[:5], "positive") + _sentiment_records(NEGATIVE[:5], "negative"),
+                  _sentiment_records(POSITIVE[5:], "positive") + _sentiment_records(NEGATIVE[5:], "negative"),
                   {"labels": ["negative", "positive"], "descriptions": {"negative": "负面", "positive": "正面"}})
+
+
+@pytest.fixture(scope="module")
+def two_encoder_model(tiny_student: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three labels in ``standard`` mode: the body stage keeps the pretrained encoder beside the reshaped one."""
+    neutral = [text for text, _ in PAIRS_SAME]
+    model_dir = _train(tiny_student, tmp_path_factory.mktemp("two_encoders"),
+                       _sentiment_records(POSITIVE[:4], "positive") + _sentiment_records(NEGATIVE[:4], "negative") +
+                       _sentiment_records(neutral[:4], "neutral"),
+                       _sentiment_records(POSITIVE[4:], "positive") + _sentiment_records(NEGATIVE[4:], "negative") +
+                       _sentiment_records(neutral[4:], "neutral"),
+                       {"labels": ["negative", "neutral", "positive"]}, mode="standard", body_steps=2)
+    assert GTSConfig.from_pretrained(model_dir).keep_pretrained_encoder
+    return model_dir
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +180,8 @@ def _model(request: pytest.FixtureRequest, kind: str) -> tuple[Path, list[Any]]:
         return request.getfixturevalue("sentiment_model"), SENTIMENT_PROBES
     if kind == "coreference":
         return request.getfixturevalue("coreference_model"), CORE_PROBES
+    if kind == "two encoders":
+        return request.getfixturevalue("two_encoder_model"), SENTIMENT_PROBES
     return request.getfixturevalue("pair_model"), PAIR_PROBES
 
 
@@ -189,27 +207,30 @@ def _local_files(folder: Path) -> dict[str, bytes]:
 
 
 # ------------------------------------------------------------------------------------------- the module, in process
-def test_remote_module_has_the_library_config_and_weights(remote, sentiment_model):
+@pytest.mark.parametrize("kind", ["sentiment", "two encoders"])
+def test_remote_module_has_the_library_config_and_weights(remote, request, kind):
+    model_dir, _ = _model(request, kind)
+
     def parameters(cls: type) -> list[tuple[str, Any]]:
         return [(p.name, p.default) for p in inspect.signature(cls.__init__).parameters.values()]
 
     assert parameters(remote.GTSConfig) == parameters(GTSConfig)
     assert remote.GTSConfig.model_type == GTSConfig.model_type
-    config = remote.GTSConfig.from_pretrained(sentiment_model)
-    library_config = GTSConfig.from_pretrained(sentiment_model)
+    config = remote.GTSConfig.from_pretrained(model_dir)
+    library_config = GTSConfig.from_pretrained(model_dir)
     for name, _ in parameters(GTSConfig)[1:-1]:  # all but self and **kwargs
         if name != "encoder_config":
             assert getattr(config, name) == getattr(library_config, name), name
     assert config.encoder_config.to_dict() == library_config.encoder_config.to_dict()
-    model = remote.GTSForFewShotClassification.from_pretrained(sentiment_model)
-    library_model = GTSForFewShotClassification.from_pretrained(sentiment_model)
+    model = remote.GTSForFewShotClassification.from_pretrained(model_dir)
+    library_model = GTSForFewShotClassification.from_pretrained(model_dir)
     assert model.state_dict().keys() == library_model.state_dict().keys()
     assert (model.knn.k, model.knn.lam, model.knn.temperature) == \
         (library_model.knn.settings.k, library_model.knn.settings.lam, library_model.knn.settings.temperature)
 
 
 @pytest.mark.parametrize(("kind", "search"), [("sentiment", "faiss"), ("sentiment", "numpy"), ("pair", None),
-                                             ("coreference", None)])
+                                             ("coreference", None), ("two encoders", "faiss")])
 def test_remote_module_predicts_like_gts_hf(remote, request, monkeypatch, kind, search):
     """Similarity pairs and coreference (the cosine pair head) have no datastore; the sentiment model's kNN is
     searched both ways."""
