@@ -324,7 +324,8 @@ class GTSEngine:
         before the stage joins the model after it, frozen."""
         settings = self.settings
         before = self._dev_accuracy_with_prior(model, tokenizer, task)
-        saved = _trainable_copy(model)
+        always_kept = before is None or self._always_keeps_body(task)
+        saved = None if always_kept else _trainable_copy(model)  # only a stage that may be undone needs it
         pretrained = _encoder_copy(model) if self.keeps_pretrained_encoder(task) else None
         summary = train_body_contrastive(model, tokenizer, task.train, steps=self.body_steps_for(task),
                                          learning_rate=settings.body_learning_rate,
@@ -335,7 +336,7 @@ class GTSEngine:
         model.set_label_options(tokenizer)
         summary["head"] = self._fit_head(model, tokenizer, task)
         after = self._dev_accuracy_with_prior(model, tokenizer, task)
-        kept = before is None or self._always_keeps_body(task) or after > before
+        kept = always_kept or after > before
         if not kept:
             model.load_state_dict(saved, strict=False)
         return {**summary, "dev_accuracy_before": before, "dev_accuracy_after": after, "kept": kept}

@@ -29,7 +29,7 @@ from gts_hf import (GTSConfig, GTSEngine, GTSForFewShotClassification, KNNDatast
 from gts_hf.data import Example
 from gts_hf.hub import REMOTE_CODE_FILE, REMOTE_PIPELINE_TASK, push_model, remote_code_config, remote_code_module
 from gts_hf.retrieval import KNNSettings
-from tests.conftest import NEGATIVE, PAIRS_DIFF, PAIRS_SAME, POSITIVE, write_jsonl
+from tests.conftest import NEGATIVE, PAIRS_DIFF, PAIRS_SAME, POSITIVE, _sentiment_records, write_jsonl
 
 TOLERANCE = 1e-5
 SENTIMENT_PROBES: list[Any] = POSITIVE[5:] + NEGATIVE[5:] + ["物流很快", "质量太差", "今天天气怎么样"]
@@ -112,10 +112,6 @@ def _train(tiny_student: Path, folder: Path, train: list[dict], dev: list[dict],
     write_jsonl(data / "labels.json", [labels])
     engine = GTSEngine(student=str(tiny_student), **{"mode": "fast", "head_steps": 20, "use_knn": True, **settings})
     return engine.train(load_task(data), output_dir=folder / "model").output_dir
-
-
-def _sentiment_records(texts: list[str], label: str) -> list[dict]:
-    return [{"content": text, "label": label} for text in texts]
 
 
 @pytest.fixture(scope="module")
