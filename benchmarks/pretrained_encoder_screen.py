@@ -8,11 +8,13 @@ reshaped encoder alone (the engine before §22) and the untrained encoder alone.
 screens recorded, so it needs no encoder: the untrained e5's (``self_training_screen.py record``) and those of the
 40-step body stage (``body_screen.py record ... "40 steps"``), for the same texts in the same order. Every variant
 gets ``standard``'s head (fitted, self-trained on the pool unless dev accuracy falls), over three random states;
-test labels only ever score a variant. Runs with two labels are skipped (the engine skips their body stage).
+test labels only ever score a variant. Runs with two labels are screened apart (``two-labels``; the engine skips
+their body stage, so the pretrained encoder alone is what the variants are compared with there).
 
     python benchmarks/self_training_screen.py record english emotion,sst5,ag_news 0-4
     python benchmarks/body_screen.py record english emotion,sst5,ag_news 0-4 "40 steps"
     python benchmarks/pretrained_encoder_screen.py
+    python benchmarks/pretrained_encoder_screen.py two-labels   # CR and amazon_cf, with the body stage always kept
     python benchmarks/pretrained_encoder_screen.py speed [TASK] [TEXTS]   # its inference cost, side by side
 
 ``speed`` times :func:`gts_hf.inference.predict` on the first ``TEXTS`` (500) test texts of an English task (emotion)
@@ -51,10 +53,10 @@ def variants_of(path: Path) -> dict[str, Run]:
             "both encoders' embeddings, one head (adopted)": side_by_side(reshaped, pretrained)}
 
 
-def paths() -> list[Path]:
-    """The runs both screens recorded, with more than two labels."""
+def paths(two_labels: bool = False) -> list[Path]:
+    """The runs both screens recorded, with more than two labels (or with two)."""
     return [path for path in sorted(RESHAPED.glob("*.npz"))
-            if (FEATURES / path.name).exists() and len(np.load(path)["prior"]) > 2]
+            if (FEATURES / path.name).exists() and (len(np.load(path)["prior"]) == 2) == two_labels]
 
 
 def speed(task_name: str = "emotion", count: int = 500) -> None:
@@ -85,7 +87,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1:2] == ["speed"] and len(sys.argv) <= 4:
         speed(*sys.argv[2:3], *(int(value) for value in sys.argv[3:4]))
-    elif len(sys.argv) == 1:
-        report_variants(paths(), variants_of)
+    elif len(sys.argv) == 1 or sys.argv[1:] == ["two-labels"]:
+        report_variants(paths(two_labels=len(sys.argv) == 2), variants_of)
     else:
         sys.exit(__doc__)

@@ -225,6 +225,25 @@ def test_self_training_ablation_table() -> None:
     assert bench._self_training_ablation_lines("english", [kept, undone]) == []
 
 
+def test_time_ratios_fall_back_to_a_cheaper_setfit_proxy_only() -> None:
+    """Splits without SetFit's default recipe are divided by a proxy with fewer iterations (a lower bound of its
+    time), never by one with more; the table names the SetFit run used."""
+    def run(task: str, split: str, method: str, seconds: float) -> dict:
+        return {"suite": "fewclue", "task": task, "split": split, "method": method, "train_seconds": seconds}
+
+    records = [run("tnews", "split0", "gts-standard", 10), run("tnews", "split0", "setfit", 100),
+               run("tnews", "split0", "setfit-1it", 5),
+               run("iflytek", "split0", "gts-standard", 30), run("iflytek", "split0", "setfit-1it", 60),
+               run("iflytek", "split0", "setfit-2it", 120), run("iflytek", "split0", "setfit-40it", 1000),
+               run("csldcp", "split0", "gts-standard", 30), run("csldcp", "split0", "setfit-40it", 1000)]
+    ratios = bench.time_ratios(records)
+    assert ratios[("fewclue", "tnews")] == {"gts-standard": (0.1, 1, "setfit")}
+    assert ratios[("fewclue", "iflytek")] == {"gts-standard": (0.25, 1, "setfit-2it")}
+    assert ("fewclue", "csldcp") not in ratios
+    assert "| iflytek | setfit-2it | — | 0.25× (1) | — |" in bench._ratio_lines("fewclue", ratios)
+
+
+
 @pytest.mark.parametrize("labels, train, body, older", [
     (6, 48, {"kept": False}, True), (6, 48, {"kept": True}, False),  # more than two labels: always kept now
     (2, 16, {"kept": False}, True), (2, 32, {"kept": True}, True),  # two labels, at most 16 per label: skipped now
