@@ -16,6 +16,11 @@ labels only ever score a variant.
 
     python benchmarks/self_training_screen.py record ...   # once, see its docstring
     python benchmarks/ensemble_screen.py [TASK,...]
+    python benchmarks/ensemble_screen.py TASK,... engine-encoder   # §23: on the engine's encoder since §22
+
+``engine-encoder`` screens the features of the encoder the engine now trains (:func:`head_data_screen.engine_run`:
+the untrained e5 with two labels, both encoders side by side with more; the body stage's features must be recorded
+too, see ``pretrained_encoder_screen.py``), for single-text tasks.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import torch.nn.functional as F
 
 from gts_hf.trainer import _head_state, _load_head_state, confident_per_label
 
-from selection_screen import print_rule_table  # sibling scripts (benchmarks/ is on sys.path)
+from head_data_screen import engine_run  # sibling scripts (benchmarks/ is on sys.path)
+from pretrained_encoder_screen import RESHAPED
+from selection_screen import print_rule_table
 from self_training_screen import FEATURES, Run, load_run, over_random_states
 
 SIZE = 5
@@ -88,13 +95,13 @@ def variants_once(run: Run) -> dict[str, float]:
     return scores
 
 
-def report(tasks: list[str] | None) -> None:
+def report(tasks: list[str] | None, engine_encoder: bool = False) -> None:
     by_pool: dict[bool, dict[str, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
-    for path in sorted(FEATURES.glob("*.npz")):
+    for path in sorted((RESHAPED if engine_encoder else FEATURES).glob("*.npz")):
         task = path.stem.rsplit("_", 1)[0]
-        if tasks and task not in tasks:
+        if (tasks and task not in tasks) or not (FEATURES / path.name).exists():
             continue
-        run = load_run(path)
+        run = engine_run(path) if engine_encoder else load_run(path)
         scores = over_random_states(run, variants_once)
         by_pool[run.has_pool][task].append(scores)
         print(path.stem, {name: round(100 * value, 2) for name, value in scores.items()}, file=sys.stderr, flush=True)
@@ -104,7 +111,8 @@ def report(tasks: list[str] | None) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 2:
+    arguments = [argument for argument in sys.argv[1:] if argument != "engine-encoder"]
+    if len(arguments) > 1:
         sys.exit(__doc__)
     torch.set_num_threads(1)
-    report(sys.argv[1].split(",") if len(sys.argv) == 2 else None)
+    report(arguments[0].split(",") if arguments else None, engine_encoder="engine-encoder" in sys.argv[1:])
