@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gts_hf.trainer import _load_head_state, confident_per_label, fit_head
+from gts_hf.trainer import _load_head_state
 
 from pretrained_encoder_screen import RESHAPED, side_by_side  # sibling scripts (benchmarks/ is on sys.path)
 from selection_screen import print_rule_table
@@ -41,38 +41,6 @@ def engine_run(path: Path) -> Run:
     """The run's features as the engine's encoder gives them: pretrained alone (two labels), both side by side."""
     pretrained = load_run(FEATURES / path.name)
     return pretrained if len(pretrained.arrays["prior"]) == 2 else side_by_side(load_run(path), pretrained)
-
-
-def fit(run: Run, pool: tuple[torch.Tensor, torch.Tensor] | None = None, with_dev: bool = False,
-        steps: int = 300) -> int:
-    """:meth:`Run.fit` that may add the dev texts to the training ones (and then selects nothing: the last step is
-    kept). Returns the kept step."""
-    _load_head_state(run.params, run.start)
-    torch.manual_seed(run.seed)
-    parts = [(run.features("train"), run.y["train"])]
-    if with_dev:
-        parts.append((run.features("dev"), run.y["dev"]))
-    if pool is not None and len(pool[0]):
-        parts.append((run.features("pool", pool[0]), pool[1]))
-    features = {key: torch.cat([part[0][key] for part in parts]) for key in parts[0][0]}
-    labels = torch.cat([part[1] for part in parts])
-    dev = (None, None) if with_dev else (run.features("dev"), run.y["dev"])
-    info = fit_head(run.model, features, labels, *dev, steps=steps, learning_rate=1e-2,
-                    anchor_weight=100.0 if run.tied else 1.0, tie_options=run.tied, seed=42)
-    return info["head_best_step"]
-
-
-def fit_as_standard(run: Run) -> tuple[int, tuple[torch.Tensor, torch.Tensor] | None]:
-    """``standard``'s head (as :meth:`Run.fit_as_standard`), returning its kept step and the pool texts it kept."""
-    kept_step = fit(run)
-    if not run.has_pool:
-        return kept_step, None
-    dev_before = run.accuracy("dev")
-    pool = confident_per_label(torch.from_numpy(run.probabilities("pool")), 8 * run.shots)
-    self_trained_step = fit(run, pool)
-    if run.accuracy("dev") >= dev_before:
-        return self_trained_step, pool
-    return fit(run), None  # undone: the same random state gives the same fit
 
 
 def swapped(run: Run) -> Run:
@@ -89,16 +57,16 @@ def swapped(run: Run) -> Run:
 
 
 def once(run: Run) -> dict[str, float]:
-    kept_step, pool = fit_as_standard(run)
+    kept_step, pool = run.fit_as_standard()
     first = run.probabilities("test")
     scores = {"current": run.accuracy("test", first)}
     for name, multiple in REFIT_STEPS.items():
         steps = 300 if multiple is None else int(kept_step * multiple)
         if steps:  # a kept step of 0 is the label-text start: nothing to refit
-            fit(run, pool, with_dev=True, steps=steps)
+            run.fit(*(pool or (None, None)), with_dev=True, steps=steps)
         scores[name] = run.accuracy("test") if steps else scores["current"]
     other = swapped(run)
-    fit_as_standard(other)
+    other.fit_as_standard()
     second = other.probabilities("test")
     scores["trained on dev, selected on train (alone)"] = run.accuracy("test", second)
     scores["two-fold cross-fitting, probabilities averaged"] = run.accuracy("test", (first + second) / 2)

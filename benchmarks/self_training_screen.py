@@ -91,19 +91,24 @@ class Run:
         return out
 
     def fit(self, extra_rows: torch.Tensor | None = None, extra_labels: torch.Tensor | None = None,
-            partner_seed: int = 42) -> None:
+            partner_seed: int = 42, with_dev: bool = False, steps: int = 300) -> int:
         """The engine's head fit on the gold training set plus, optionally, pool texts with pseudo-labels. Every fit
         starts from the same random state (mixup's weights come from torch's global generator), so rules differ only
-        by their data; ``partner_seed`` seeds mixup's choice of partners (the engine's seed)."""
+        by their data; ``partner_seed`` seeds mixup's choice of partners (the engine's seed). ``with_dev`` trains on
+        the dev texts too, and then nothing is selected: the last of ``steps`` is kept. Returns the kept step."""
         _load_head_state(self.params, self.start)
         torch.manual_seed(self.seed)
-        train, labels = self.features("train"), self.y["train"]
+        parts = [(self.features("train"), self.y["train"])]
+        if with_dev:
+            parts.append((self.features("dev"), self.y["dev"]))
         if extra_rows is not None and len(extra_rows):
-            extra = self.features("pool", extra_rows)
-            train = {key: torch.cat([value, extra[key]]) for key, value in train.items()}
-            labels = torch.cat([labels, extra_labels])
-        fit_head(self.model, train, labels, self.features("dev"), self.y["dev"], steps=300, learning_rate=1e-2,
-                 anchor_weight=100.0 if self.tied else 1.0, tie_options=self.tied, seed=partner_seed)
+            parts.append((self.features("pool", extra_rows), extra_labels))
+        train = {key: torch.cat([features[key] for features, _ in parts]) for key in parts[0][0]}
+        labels = torch.cat([part_labels for _, part_labels in parts])
+        dev = (None, None) if with_dev else (self.features("dev"), self.y["dev"])
+        info = fit_head(self.model, train, labels, *dev, steps=steps, learning_rate=1e-2,
+                        anchor_weight=100.0 if self.tied else 1.0, tie_options=self.tied, seed=partner_seed)
+        return info["head_best_step"]
 
     @torch.no_grad()
     def probabilities(self, name: str, prior_weight: float = PRIOR_WEIGHT) -> np.ndarray:
@@ -139,16 +144,19 @@ class Run:
     def has_pool(self) -> bool:
         return len(self.arrays["pool_embeddings"]) > 0
 
-    def fit_as_standard(self) -> None:
+    def fit_as_standard(self) -> tuple[int, tuple[torch.Tensor, torch.Tensor] | None]:
         """The head as ``standard`` leaves it: fitted, then self-trained on the pool (8 × shots per label, the engine's
-        default) unless dev accuracy falls; without a pool, just fitted."""
-        self.fit()
+        default) unless dev accuracy falls; without a pool, just fitted. Returns the kept step and the pool texts
+        (rows, pseudo-labels) the head was trained on, if any."""
+        kept_step = self.fit()
         if not self.has_pool:
-            return
+            return kept_step, None
         dev_before = self.accuracy("dev")
-        self.fit(*confident_per_label(torch.from_numpy(self.probabilities("pool")), 8 * self.shots))
-        if self.accuracy("dev") < dev_before:
-            self.fit()  # undone: every fit from the same random state is the same fit
+        pool = confident_per_label(torch.from_numpy(self.probabilities("pool")), 8 * self.shots)
+        self_trained_step = self.fit(*pool)
+        if self.accuracy("dev") >= dev_before:
+            return self_trained_step, pool
+        return self.fit(), None  # undone: every fit from the same random state is the same fit
 
     def accuracy(self, name: str, probabilities: np.ndarray | None = None) -> float:
         """Accuracy on ``name`` of the current head, or of the given ``probabilities`` of its texts."""

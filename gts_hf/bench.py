@@ -709,11 +709,11 @@ def setfit_baseline(by_method: dict[str, float]) -> tuple[str, float] | None:
     GTS mode faster than the proxy is faster than the default recipe too."""
     if by_method.get("setfit"):
         return "setfit", by_method["setfit"]
-    proxies = [(int(match[1]), method) for method in by_method if by_method[method]
-               for match in [re.fullmatch(r"setfit-(\d+)it", method)] if match and int(match[1]) < SETFIT_ITERATIONS]
+    proxies = {method: int(match[1]) for method, seconds in by_method.items()
+               if seconds and (match := re.fullmatch(r"setfit-(\d+)it", method)) and int(match[1]) < SETFIT_ITERATIONS}
     if not proxies:
         return None
-    method = max(proxies)[1]
+    method = max(proxies, key=proxies.__getitem__)
     return method, by_method[method]
 
 

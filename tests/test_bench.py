@@ -243,7 +243,6 @@ def test_time_ratios_fall_back_to_a_cheaper_setfit_proxy_only() -> None:
     assert "| iflytek | setfit-2it | — | 0.25× (1) | — |" in bench._ratio_lines("fewclue", ratios)
 
 
-
 @pytest.mark.parametrize("labels, train, body, older", [
     (6, 48, {"kept": False}, True), (6, 48, {"kept": True}, False),  # more than two labels: always kept now
     (2, 16, {"kept": False}, True), (2, 32, {"kept": True}, True),  # two labels, at most 16 per label: skipped now
