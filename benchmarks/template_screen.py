@@ -11,10 +11,17 @@ state.
 
     python benchmarks/self_training_screen.py record ...   # once, see its docstring
     python benchmarks/template_screen.py TASK,... [SPLITS]  # e.g. cr-n8,emotion-n8,tnews 0-4
+    python benchmarks/template_screen.py choices             # the template auto takes in each bench run (§24)
+
+``choices`` needs no recorded features: for every single-text classification run of the bench (English N = 8, seeds
+0-4, and N = 64, seed 0; EPRSTMT, TNEWS, IFLYTEK and CSLDCP splits 0-4) it prints the template ``auto`` (the engine's
+default since §24) takes, its zero-shot dev log-losses, and whether the committed result file was made with it. A
+run whose dev keeps the bare label texts trains exactly as it did before §24.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -94,7 +101,31 @@ def report(tasks: list[str], splits: list[int]) -> None:
         print_rule_table(by_task)
 
 
+def bench_specs() -> list:
+    options = RunOptions(methods=["gts-standard"], output_dir=Path(__file__).parent)
+    english = ["ag_news", "amazon_counterfactual_en", "cr", "emotion", "sst5"]
+    return (english_specs(options, DATA, english, [8], range(5)) + english_specs(options, DATA, english, [64], [0])
+            + fewclue_specs(options, DATA, ["eprstmt", "tnews", "iflytek", "csldcp"], range(5)))
+
+
+def print_choices() -> None:
+    engine, model, tokenizer = GTSEngine(), None, None
+    for spec in bench_specs():
+        task = load_spec_task(spec)
+        if model is None:
+            model, tokenizer = engine.build_student(task)
+        chosen, record = engine._template_by_dev_loss(model, tokenizer, task)
+        result = Path(spec.output)
+        made_with = json.loads(result.read_text())["details"].get("option_template", {}).get("template") \
+            if result.exists() else "no result file"
+        print(f"{spec.task} {spec.split}: auto takes {chosen!r}; result file made with {made_with!r}; "
+              f"dev log-loss {record['dev_log_loss']}", flush=True)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["choices"]:
+        torch.set_num_threads(1)
+        sys.exit(print_choices())
     if len(sys.argv) != 3:
         sys.exit(__doc__)
     torch.set_num_threads(1)

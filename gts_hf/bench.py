@@ -849,7 +849,10 @@ RECIPE_CHANGES = (("the label prior", _lacks("settings", "label_prior_weight"), 
                   ("the body stage's rule by label count", _predates_the_body_rule_by_label_count, BODY_METHODS,
                    ("classification", "nli")),
                   ("the pretrained encoder beside the reshaped one", _predates_the_pretrained_encoder, BODY_METHODS,
-                   ("classification",)))
+                   ("classification",)),
+                  ("the option template chosen on dev, which leaves a run unchanged where dev keeps the bare label "
+                   "texts (`python benchmarks/template_screen.py choices` says where)",
+                   _lacks("details", "option_template"), GTS_METHODS, ("classification",)))
 
 
 def _older_recipe_lines(records: list[dict[str, Any]]) -> list[str]:

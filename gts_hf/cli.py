@@ -79,10 +79,11 @@ def _add_training_options(sub: argparse.ArgumentParser, mode: str = "standard") 
                           "standard and advanced modes (0: off)")
     sub.add_argument("--label-prior-weight", type=float, default=0.5,
                      help="weight of the label texts' zero-shot scores blended into the trained model's (0: off)")
-    sub.add_argument("--option-template", metavar="TEMPLATE",
+    sub.add_argument("--option-template", metavar="TEMPLATE", default="auto",
                      help='a sentence around each label text for the zero-shot start, its "{}" the label text '
-                          '("It is {}."), or auto: the one of a short list with the lowest dev log-loss; single-text '
-                          "classification only (default: the bare label texts)")
+                          '("It is {}."); "{}" keeps the bare label texts; auto: the one of a short list with the '
+                          "lowest dev log-loss, the bare texts winning ties; single-text classification only "
+                          "(default: auto)")
     sub.add_argument("--pair-head", choices=("auto", "cosine", "joint"), default="auto",
                      help="sentence pairs and coreference: cosine, the two sentences' (or marked spans') cosine leads "
                           "(option vectors start tied); joint, option vectors start at the label texts; auto: cosine "

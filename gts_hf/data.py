@@ -52,7 +52,7 @@ DEFAULT_DESCRIPTIONS = {
 }
 
 # Sentences a label text can be put in (``{}``) for the zero-shot start; the first, the bare text, wins ties. The
-# engine's ``option_template="auto"`` picks one per run on dev (benchmarks/ABLATION.md §16).
+# engine's ``option_template="auto"`` (its default) picks one per run on dev (benchmarks/ABLATION.md §16, §24).
 OPTION_TEMPLATES = {
     "zh": ("{}", "这是{}。", "答案是{}。", "这段文字是关于{}的。"),
     "en": ("{}", "It is {}.", "The answer is {}.", "This text is about {}."),

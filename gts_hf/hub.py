@@ -363,6 +363,7 @@ def _training_rows(record: dict[str, Any], knn: dict[str, Any]) -> list[tuple[st
     """(setting, value) rows of the recipe and the hyperparameters the engine chose."""
     rows = [("mode", record.get("mode")), ("student", _model_link(record.get("student"))),
             ("examples (train / dev / unlabelled)", _counts(record)), ("seed", record.get("seed"))]
+    rows += _template_rows(record.get("option_template") or {})
     rows += _head_rows(record.get("head") or {}) + _body_rows(record.get("body") or {})
     rows += _finetune_rows(record.get("finetune") or {}) + _self_training_rows(record.get("self_training") or {})
     rows += _advanced_rows(record.get("advanced") or {}) + _prior_rows(record.get("label_prior") or {})
@@ -397,6 +398,15 @@ def _self_training_rows(entry: dict[str, Any]) -> list[tuple[str, Any]]:
     dev = f"{_number(entry.get('dev_accuracy_before'))} → {_number(entry.get('dev_accuracy_after'))}"
     return [("self-training", f"{entry['pseudo_labelled']} of {entry['pool']} unlabelled texts pseudo-labelled (the "
                               f"surest {entry['per_label']} per label), fresh head, dev accuracy {dev}: {outcome}")]
+
+
+def _template_rows(entry: dict[str, Any]) -> list[tuple[str, Any]]:
+    if "template" not in entry:
+        return _skipped_row("option template", entry)
+    template = "the bare label texts" if entry["template"] == "{}" else f"`{entry['template']}`"
+    losses = entry.get("dev_log_loss")
+    return [("option template", f"{template} (the lowest zero-shot dev log-loss of {len(losses)} templates)"
+             if losses else template)]
 
 
 def _head_rows(head: dict[str, Any]) -> list[tuple[str, Any]]:

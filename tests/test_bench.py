@@ -279,3 +279,12 @@ def test_label_prior_ablation_equals_a_model_without_the_prior(tiny_student: Pat
     expected = bench.score(task.label_ids(task.test), plain.label_ids, len(task.labels))
     assert ablation == expected
     assert bench.without_label_prior(trained, task, plain) is None
+
+
+@pytest.mark.parametrize("task_type, details, older", [
+    ("classification", {}, True), ("classification", {"option_template": {"template": "{}"}}, False),
+    ("similarity", {}, False)])
+def test_runs_made_before_the_option_template_default_are_named(task_type: str, details: dict, older: bool) -> None:
+    record = {"task": "t", "method": "gts-fast", "details": details, "data": {"task_type": task_type}}
+    named = "the option template chosen on dev, which leaves a run unchanged"
+    assert (named in " ".join(bench._older_recipe_lines([record]))) is older

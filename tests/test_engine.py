@@ -522,7 +522,13 @@ def test_an_option_template_puts_each_label_text_in_a_sentence(tiny_student, sen
     assert trained.model.config.label_options == [f"It is {text}." for text in texts]
     assert trained.record["label_options"] == texts  # the task's own texts, as given
     assert load_trained(tmp_path / "model")[0].config.label_options == [f"It is {text}." for text in texts]
-    assert "option_template" not in train(tiny_student, sentiment_dir).record  # off by default
+    assert "option_template" not in train(tiny_student, sentiment_dir, option_template=None).record
+    bare = train(tiny_student, sentiment_dir, option_template="{}")
+    assert bare.record["option_template"] == {"template": "{}"} and bare.model.config.label_options == texts
+
+
+def test_auto_option_template_is_the_default(tiny_student, sentiment_dir):
+    assert "dev_log_loss" in train(tiny_student, sentiment_dir).record["option_template"]
 
 
 def test_auto_option_template_takes_the_lowest_dev_log_loss(tiny_student, sentiment_dir):

@@ -224,7 +224,9 @@ def test_model_card(loopback_hub, hub_repo_id, model_dir, task_dir, tiny_student
 
     knn = json.loads((model_dir / "knn" / "config.json").read_text())
     body = card.text
-    for expected in ("| 0 | negative | 负面 |", "| 1 | positive | 正面 |", "- " + NEGATIVE[0], "| mode | fast |",
+    options = json.loads((model_dir / "config.json").read_text())["label_options"]  # the label texts as scored
+    for expected in (f"| 0 | negative | {options[0]} |", f"| 1 | positive | {options[1]} |", "- " + NEGATIVE[0],
+                     "| mode | fast |", "| option template | ",
                      f"| kNN k | {knn['k']} |", f"| kNN λ | {knn['lam']} |", "| label-text prior | weight 0.5 (dev",
                      "| accuracy |", "texts/s",
                      f'pipeline("gts-few-shot", model="{hub_repo_id}")', "import gts_hf", "from transformers import"):
