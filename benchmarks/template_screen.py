@@ -123,10 +123,10 @@ def print_choices() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["choices"]:
-        torch.set_num_threads(1)
-        sys.exit(print_choices())
-    if len(sys.argv) != 3:
-        sys.exit(__doc__)
     torch.set_num_threads(1)
-    report(sys.argv[1].split(","), parse_int_list(sys.argv[2]))
+    if sys.argv[1:] == ["choices"]:
+        print_choices()
+    elif len(sys.argv) == 3:
+        report(sys.argv[1].split(","), parse_int_list(sys.argv[2]))
+    else:
+        sys.exit(__doc__)

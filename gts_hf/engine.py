@@ -127,8 +127,7 @@ class EngineSettings:
     max_epochs: int = 30
     evaluations: int = 6
     label_prior_weight: float = 0.5
-    option_template: str | None = "auto"  # "auto", "It is {}.", or None / "{}": the bare label texts; see
-    # GTSEngine._apply_option_template
+    option_template: str | None = "auto"  # or "It is {}.", or None: see GTSEngine._apply_option_template
     use_knn: bool = False  # kNN interpolation tuned on dev; off by default, see KNN_OFF
     training_overrides: dict[str, Any] = field(default_factory=dict)
     advanced: Any = None  # AdvancedSettings for mode="advanced" (defaults when None)

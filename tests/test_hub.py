@@ -225,6 +225,7 @@ def test_model_card(loopback_hub, hub_repo_id, model_dir, task_dir, tiny_student
     knn = json.loads((model_dir / "knn" / "config.json").read_text())
     body = card.text
     options = json.loads((model_dir / "config.json").read_text())["label_options"]  # the label texts as scored
+    assert "负面" in options[0] and "正面" in options[1]  # the descriptions, in dev's template if it took one
     for expected in (f"| 0 | negative | {options[0]} |", f"| 1 | positive | {options[1]} |", "- " + NEGATIVE[0],
                      "| mode | fast |", "| option template | ",
                      f"| kNN k | {knn['k']} |", f"| kNN λ | {knn['lam']} |", "| label-text prior | weight 0.5 (dev",

@@ -126,14 +126,15 @@ def sentiment_model(tiny_student: Path, tmp_path_factory: pytest.TempPathFactory
 def two_encoder_model(tiny_student: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three labels in ``standard`` mode: the body stage keeps the pretrained encoder beside the reshaped one."""
     neutral = [text for text, _ in PAIRS_SAME]
+    # The bare label texts: with dev's template one probe's 6th-12th neighbours tie (2.0989) across two labels, so
+    # float noise between the two code paths, not the code, decides which of them vote.
     model_dir = _train(tiny_student, tmp_path_factory.mktemp("two_encoders"),
                        _sentiment_records(POSITIVE[:4], "positive") + _sentiment_records(NEGATIVE[:4], "negative") +
                        _sentiment_records(neutral[:4], "neutral"),
                        _sentiment_records(POSITIVE[4:], "positive") + _sentiment_records(NEGATIVE[4:], "negative") +
                        _sentiment_records(neutral[4:], "neutral"),
                        {"labels": ["negative", "neutral", "positive"]}, mode="standard", body_steps=2,
-                       option_template=None)  # with dev's template, a probe's 6th-12th neighbours tie (2.0989) across
-    # two labels, so float noise between the two code paths, not the code, decides which of them vote
+                       option_template=None)
     assert GTSConfig.from_pretrained(model_dir).keep_pretrained_encoder
     return model_dir
 
