@@ -18,22 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from gts_hf.data import sample_examples
-from gts_hf.engine import features_of
+from gts_hf.engine import EngineSettings, features_of
 from gts_hf.inference import predict
 
 from selection_screen import fresh_runs  # sibling scripts (benchmarks/ is on sys.path)
 from self_training_screen import POOL, load_run, record_or_report, report_variants, save_features
 
 FOLDER = Path("/tmp/length_screen")
-CURRENT = 256
+CURRENT = EngineSettings().max_seq_length  # 256
 LONGER = (512,)
 
 
 def record(suite: str, tasks: list[str], splits: list[int]) -> None:
     shared: dict[str, dict] = {}  # per task: the test (and pool) features at the current length
+    current = FOLDER / str(CURRENT)
     for task_name in tasks:
         for split in splits:  # one split at a time, so each lands at every length before the next starts
-            for spec, out, task, engine, model, tokenizer in fresh_runs(suite, [task_name], [split], FOLDER / "256"):
+            for spec, out, task, engine, model, tokenizer in fresh_runs(suite, [task_name], [split], current):
                 parts = ("test", "pool") if suite == "fewclue" else ("test",)
                 save_features(out, task, engine, model, tokenizer, shared.setdefault(task_name, {}), parts)
                 for length in LONGER:

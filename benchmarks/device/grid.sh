@@ -22,8 +22,8 @@ queue() {  # queue NAME COMMAND...: the bench commands one after the other, each
   ) > /tmp/q_$name.log 2>&1 &
 }
 END=$(( $(date +%s) + ${GRID_SECONDS:-430} ))
-S="$F --methods setfit --tasks"
 if [ "${GRID:-all}" = setfit ]; then  # only what the 2-core CPU cannot afford: SetFit on IFLYTEK and CSLDCP, 20 iterations
+  S="$F --methods setfit --tasks"
   for split in 0 1 2 3 4; do queue i$split "$S iflytek --splits $split"; done  # 2,320 steps each, 1,340 on CSLDCP
   queue c01 "$S csldcp --splits 0" "$S csldcp --splits 1"; queue c23 "$S csldcp --splits 2" "$S csldcp --splits 3"
   queue c4 "$S csldcp --splits 4"
